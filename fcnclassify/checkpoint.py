@@ -1,0 +1,120 @@
+"""Weights files that cannot run code: safetensors, or ``torch.load(..., weights_only=True)``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["load_state_dict", "save_weights", "load_weights", "read_metadata"]
+
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, on the CPU.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled code. A checkpoint that wraps its state
+    dict (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped, and a ``module.`` prefix left by
+    DataParallel is removed.
+
+    Raises:
+        ValueError: one line naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable weights file ({reason[:200]})") from e
+    except Exception as e:  # pickle.UnpicklingError for files that would run code
+        raise ValueError(f"{path}: refused, it is not a plain weights file ({type(e).__name__})") from e
+    for key in _WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if isinstance(state, nn.Module) or not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(f"{path}: expected a state dict of tensors but got {type(state).__name__}")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def save_weights(module: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write ``module``'s state dict as safetensors, atomically, with JSON-able ``metadata``.
+
+    Raises:
+        FileExistsError: if ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata written by :func:`save_weights` (empty for other files)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a weights file into ``module`` (strict), with one clear line on any mismatch."""
+    state = load_state_dict(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: keys do not match the model ({len(missing)} missing, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ValueError(
+                f"{path}: '{k}' has shape {tuple(v.shape)} but the model expects "
+                f"{tuple(own[k].shape)} (wrong --num-classes or wrong model?)"
+            )
+    module.load_state_dict(state)
+    return module
