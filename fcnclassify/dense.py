@@ -68,6 +68,7 @@ def dense_evaluate(
     dtype: str | torch.dtype | None = None,
     channels_last: bool | None = None,
     pad: bool = False,
+    max_memory: int | None = None,
 ) -> list[list[ScoreMap]]:
     """Score maps of a batch of images at every scale, and flipped if asked.
 
@@ -80,6 +81,8 @@ def dense_evaluate(
         dtype: float32 (default), bfloat16, or float16 (CUDA only).
         channels_last: NHWC memory format (default on).
         pad: zero-pad (bottom and right) an input smaller than one window instead of raising.
+        max_memory: activation-memory budget in bytes; larger inputs are evaluated in exact tiles
+            (:mod:`fcnclassify.tiling`).
 
     Returns:
         For each image, its maps: for each scale, the map and then (with ``flip``) the flipped one.
@@ -100,7 +103,7 @@ def dense_evaluate(
             size = tuple(x.shape[-2:])
             for flipped in (False, True) if flip else (False,):
                 inp = x.flip(-1) if flipped else x
-                logits = run(fcn, inp, pad=pad, channels_last=nhwc)
+                logits = run(fcn, inp, pad=pad, channels_last=nhwc, max_memory=max_memory)
                 if flipped:
                     logits = logits.flip(-1)
                 for n in range(len(images)):
@@ -121,7 +124,7 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
-        channels_last: bool = True) -> torch.Tensor:
+        channels_last: bool = True, max_memory: int | None = None) -> torch.Tensor:
     """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch."""
     low = fcn.geometry.min_input
     h, w = x.shape[-2:]
@@ -129,4 +132,8 @@ def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
         x = F.pad(x, (0, max(0, low - w), 0, max(0, low - h)))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if max_memory is not None:
+        from .tiling import tiled_forward
+
+        return tiled_forward(fcn, x, max_memory=max_memory).float().cpu().contiguous()
     return fcn(x).float().cpu().contiguous()
