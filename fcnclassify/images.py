@@ -21,18 +21,10 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "IMAGE_EXTENSIONS",
-    "ImageError",
-    "list_images",
-    "read_image",
-    "resize",
-    "scaled_size",
-    "write_image",
-]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "resize",
+           "scaled_size", "write_image"]
 
-# Pillow's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)).
+# Pillow's decompression-bomb error threshold: 2 * PIL.Image.MAX_IMAGE_PIXELS = 2 * (1024**3 // 4 // 3).
 DEFAULT_MAX_PIXELS = 178_956_970
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -67,7 +59,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"expected max_pixels >= 1 or None, but got {max_pixels}")
     name = os.fspath(path)
-    try:
+    try:  # decode bytes, not a path: OpenCV's own file reader fails on non-ASCII names on Windows
         data = Path(path).read_bytes()
     except FileNotFoundError as err:
         raise ImageError(f"{name}: no such file") from err

@@ -20,8 +20,10 @@ CAT = skimage.data.chelsea()  # (300, 451, 3) RGB photo
 
 def _encode(extension: str, rgb: np.ndarray, *params: int) -> bytes:
     """Encodes with OpenCV directly (BGR in), independent of write_image."""
-    bgr = rgb[..., ::-1] if rgb.ndim == 3 else rgb
-    ok, buffer = cv2.imencode(extension, np.ascontiguousarray(bgr), list(params))
+    bgr = rgb.copy()
+    if rgb.ndim == 3:
+        bgr[..., :3] = rgb[..., 2::-1]
+    ok, buffer = cv2.imencode(extension, bgr, list(params))
     assert ok
     return buffer.tobytes()
 
@@ -114,8 +116,7 @@ def test_alpha_is_composited_over_white(tmp_path):
     alpha = np.full(rgb.shape[:2], 255, np.uint8)
     alpha[:100] = 0
     alpha[100:200] = 77
-    bgra = np.dstack([rgb[..., ::-1], alpha])
-    image = read_image(_save(tmp_path / "rgba.png", _encode(".png", bgra[..., [2, 1, 0, 3]])))
+    image = read_image(_save(tmp_path / "rgba.png", _encode(".png", np.dstack([rgb, alpha]))))
     assert (image[:100] == 255).all()
     np.testing.assert_array_equal(image[200:], rgb[200:])
     a = 77 / 255
