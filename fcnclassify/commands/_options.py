@@ -1,0 +1,120 @@
+"""Command-line options shared by the commands that load a model and evaluate images.
+
+``add_model_options`` (which network, which weights), ``add_evaluation_options`` (scales, flips,
+pooling, device, precision, pixel limit, top-k, JSON, quiet) and ``load_from_args`` (the
+:class:`~fcnclassify.models.LoadedModel` they describe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..images import DEFAULT_MAX_PIXELS
+
+__all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
+           "evaluation_kwargs", "show_progress"]
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "vgg16") -> None:
+    """``--model``, ``--weights``, ``--num-classes``, ``--labels``, ``--input-size``."""
+    from ..models import available_models
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", "-m", default=default_model, metavar="NAME",
+                       help=f"network architecture, one of {', '.join(available_models())} "
+                            f"(default: {default_model})")
+    group.add_argument("--weights", "-w", default="default", metavar="default|PATH",
+                       help="'default' (the registry's pretrained ImageNet weights, downloaded and "
+                            "cached by torchvision; efficientnet_lite0 ships offline) or a local "
+                            "file: a state_dict (.pth/.pt/.safetensors), a fine-tuned model's "
+                            "state_dict, or a file written by 'fcnclassify convert'")
+    group.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+                       help="classes of a fine-tuned head (default: read from the weights)")
+    group.add_argument("--labels", default=None, metavar="FILE",
+                       help="class names, one a line, for a fine-tuned head")
+    group.add_argument("--input-size", type=_positive_int, default=224, metavar="PIXELS",
+                       help="the side the network was trained at (default: 224)")
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5) -> None:
+    """``--scales``, ``--flip``, ``--pool``, ``--over``, ``--topk``, ``--json``, ``--device``,
+    ``--dtype``, ``--max-pixels``, ``--max-memory``, ``--quiet``."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S[,S...]",
+                       help="resize factors of the image, e.g. '0.5,1,1.5' (default: 1)")
+    group.add_argument("--flip", action="store_true",
+                       help="also evaluate the mirrored image and average (the VGG protocol)")
+    group.add_argument("--pool", choices=("avg", "max"), default="avg",
+                       help="global pooling of each score map (default: avg)")
+    group.add_argument("--over", choices=("logits", "probs"), default="logits",
+                       help="pool the logits then softmax (VGG), or pool per-cell probabilities "
+                            "(default: logits)")
+    group.add_argument("--topk", "-k", type=_positive_int, default=topk, metavar="K",
+                       help=f"how many classes to report (default: {topk})")
+    group.add_argument("--json", action="store_true",
+                       help="print one JSON document to stdout instead of a table")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where to compute (default: auto, CUDA when available)")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="computation precision (default: float32; float16 on CUDA only)")
+    group.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                       metavar="N", help="refuse images with more pixels (decompression bombs; "
+                                         f"default: {DEFAULT_MAX_PIXELS})")
+    group.add_argument("--max-memory", type=_memory, default=None, metavar="MiB",
+                       help="activation memory budget in MiB; larger inputs run in exact tiles")
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def load_from_args(args: argparse.Namespace):
+    """The :class:`~fcnclassify.models.LoadedModel` that ``add_model_options`` describes."""
+    from ..models import load_model
+
+    return load_model(
+        args.model, weights=args.weights, num_classes=args.num_classes, labels=args.labels,
+        input_size=getattr(args, "input_size", 224),
+    )
+
+
+def evaluation_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`fcnclassify.predict.predict` from ``add_evaluation_options``."""
+    return dict(scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
+                device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
+                max_memory=args.max_memory)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal and without ``--quiet``."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5,1,1.5"`` (commas or spaces) -> ``(0.5, 1.0, 1.5)``, all positive."""
+    try:
+        scales = tuple(float(s) for s in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like '0.5,1,1.5' but got {text!r}")
+    if not scales or any(not s > 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"expected positive scales but got {text!r}")
+    return scales
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer but got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer but got {text!r}")
+    return value
+
+
+def _memory(text: str) -> int:
+    """MiB on the command line -> bytes."""
+    try:
+        mib = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB but got {text!r}")
+    if not mib > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size in MiB but got {text!r}")
+    return int(mib * 2**20)
