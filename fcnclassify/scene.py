@@ -1,0 +1,104 @@
+"""The demo scene: photos that scikit-image bundles (CC0), pasted at known places on a large canvas.
+
+Each object comes with the ImageNet classes that name it, so a dense evaluation of the scene can be
+checked: the peak of an object's class should fall inside the object's box. The photos are the
+ones the offline ``efficientnet_lite0`` recognises on their own (checked one by one); the astronaut,
+for instance, is left out because the model calls her a bobsled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SceneObject", "SCENE_SIZE", "compose_scene", "scene_objects"]
+
+# (height, width) of the canvas, in pixels
+SCENE_SIZE = (1000, 1400)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One photo on the canvas.
+
+    Attributes:
+        name: the scikit-image photo (``"chelsea"``, ...).
+        box: ``(x0, y0, x1, y1)`` half-open, in canvas pixels.
+        classes: ImageNet class indices that name the object (any of them counts).
+    """
+
+    name: str
+    box: tuple[int, int, int, int]
+    classes: tuple[int, ...]
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the point ``(x, y)`` (continuous canvas coordinates) lies inside the box."""
+        x0, y0, x1, y1 = self.box
+        return x0 <= x < x1 and y0 <= y < y1
+
+
+def _photos() -> dict[str, Callable[[], np.ndarray]]:
+    try:
+        from skimage import data
+    except ImportError as err:  # an optional dependency: say how to get it
+        raise ValueError("the demo scene needs scikit-image: pip install 'fcnclassify[demo]'") from err
+
+    def gray_to_rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image[:, :, None], 3, axis=2)
+
+    return {
+        "chelsea": data.chelsea,
+        "coffee": data.coffee,
+        "rocket": lambda: data.rocket()[:, 100:527],  # the square around the rocket and its tower
+        "motorcycle": lambda: data.stereo_motorcycle()[0],
+        "cameraman": lambda: gray_to_rgb(data.camera()),
+    }
+
+
+# name, (x0, y0) on the canvas, (height, width) pasted, ImageNet classes
+_LAYOUT: tuple[tuple[str, tuple[int, int], tuple[int, int], tuple[int, ...]], ...] = (
+    # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    ("chelsea", (60, 70), (300, 451), (281, 282, 283, 284, 285)),
+    # coffee mug, espresso, cup
+    ("coffee", (580, 70), (300, 450), (504, 967, 968)),
+    # missile, projectile, space shuttle
+    ("rocket", (1090, 70), (280, 280), (657, 744, 812)),
+    # moped, motor scooter
+    ("motorcycle", (140, 600), (300, 445), (665, 670)),
+    # tripod (the cameraman's)
+    ("cameraman", (800, 590), (320, 320), (872,)),
+)
+
+
+def scene_objects() -> list[SceneObject]:
+    """The objects of :func:`compose_scene`'s canvas, without composing it."""
+    return [SceneObject(name, (x, y, x + w, y + h), classes)
+            for name, (x, y), (h, w), classes in _LAYOUT]
+
+
+def compose_scene(*, background: tuple[int, int] = (214, 168)) -> tuple[np.ndarray, list[SceneObject]]:
+    """Pastes the photos on a canvas of :data:`SCENE_SIZE` with a soft vertical grey gradient.
+
+    Args:
+        background: grey level at the top and at the bottom of the canvas.
+
+    Returns:
+        The RGB uint8 canvas ``(1000, 1400, 3)`` and the objects with their boxes and classes.
+
+    Raises:
+        ValueError: scikit-image is not installed.
+    """
+    from .images import resize
+
+    height, width = SCENE_SIZE
+    top, bottom = background
+    ramp = np.linspace(top, bottom, height, dtype=np.float32).round().astype(np.uint8)
+    canvas = np.repeat(np.repeat(ramp[:, None, None], width, axis=1), 3, axis=2)
+    photos = _photos()
+    objects = scene_objects()
+    for obj in objects:
+        x0, y0, x1, y1 = obj.box
+        canvas[y0:y1, x0:x1] = resize(np.ascontiguousarray(photos[obj.name]()), (y1 - y0, x1 - x0))
+    return canvas, objects
