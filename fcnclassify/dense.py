@@ -82,7 +82,8 @@ def dense_evaluate(
         channels_last: NHWC memory format (default on).
         pad: zero-pad (bottom and right) an input smaller than one window instead of raising.
         max_memory: activation-memory budget in bytes; larger inputs are evaluated in exact tiles
-            (:mod:`fcnclassify.tiling`).
+            (:mod:`fcnclassify.tiling`). None: tiles only an input whose untiled pass would take
+            more than half of the device's available memory.
 
     Returns:
         For each image, its maps: for each scale, the map and then (with ``flip``) the flipped one.
@@ -132,8 +133,8 @@ def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
         x = F.pad(x, (0, max(0, low - w), 0, max(0, low - h)))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if max_memory is not None:
-        from .tiling import tiled_forward
+    from .tiling import needs_tiling, tiled_forward
 
+    if max_memory is not None or needs_tiling(fcn, x):  # None: tiles only what does not fit
         return tiled_forward(fcn, x, max_memory=max_memory).float().cpu().contiguous()
     return fcn(x).float().cpu().contiguous()

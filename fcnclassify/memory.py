@@ -1,0 +1,179 @@
+"""Memory of a dense forward pass: estimate it from the layers, read a budget, find what is available.
+
+The estimate replays the network's graph on fake tensors (shapes only, nothing computed) and adds up
+the activations that are alive at each step: an output is allocated when its node runs and freed after
+its last user; an in-place activation allocates nothing. The peak of that sum is the estimate, in
+bytes, for the activations only: the weights and the caller's whole input and output are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import ShapeProp
+
+from . import _fx
+from .convert import FullyConvNet
+
+__all__ = ["activation_memory", "available_memory", "bytes_per_pixel", "format_bytes", "parse_memory"]
+
+# measured peak / estimate on CPU (oneDNN reorders, allocator slack); see benchmarks/huge_image.py
+SAFETY = 1.25
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes from ``"2GB"``, ``"512MiB"``, ``"1.5g"`` or a plain number of bytes.
+
+    Decimal units (kB, MB, GB, TB; one letter too) are powers of 1000, binary ones (KiB, MiB, GiB,
+    TiB) powers of 1024.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"expected a memory size like '2GB', '512MiB' or a number of bytes "
+                             f"but got {text!r}")
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"expected a positive memory size but got {text!r}")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    """``1536 * 2**20 -> '1.50 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes the process can still allocate: free CUDA memory, or the system's available RAM.
+
+    On Linux the RAM figure is ``MemAvailable`` from ``/proc/meminfo`` (free plus reclaimable cache);
+    elsewhere the free pages that ``os.sysconf`` reports.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 1,
+                      dtype: torch.dtype | None = None) -> int:
+    """Estimated peak activation memory, in bytes, of ``fcn`` on a ``batch x 3 x H x W`` input.
+
+    Includes the input itself, every intermediate activation alive at the worst moment, and the
+    output; multiplied by :data:`SAFETY` to cover what the convolution libraries add.
+
+    Args:
+        fcn: The network.
+        size: The input ``(height, width)`` in pixels.
+        batch: Images run together.
+        dtype: The compute dtype; default that of the network's weights.
+    """
+    height, width = size
+    if height < 1 or width < 1 or batch < 1:
+        raise ValueError(f"expected a positive size and batch but got {size} x {batch}")
+    gm = _graph(fcn)
+    if dtype is None:
+        dtype = next(fcn.parameters()).dtype
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with torch.no_grad(), fake_mode:
+        x = torch.empty(batch, 3, height, width, dtype=dtype)
+        ShapeProp(gm, fake_mode=fake_mode).propagate(x)
+    return int(_peak_live_bytes(gm) * SAFETY)
+
+
+def bytes_per_pixel(fcn: FullyConvNet, *, dtype: torch.dtype | None = None) -> float:
+    """Activation bytes per input pixel of one image (at 1024 x 1024), for quick checks.
+
+    Activations grow with the pixel count, so ``bytes_per_pixel * batch * H * W`` approximates
+    :func:`activation_memory` on large inputs without replaying the graph; cached per network.
+    """
+    dtype = next(fcn.parameters()).dtype if dtype is None else dtype
+    key = (id(fcn), dtype)
+    if key not in _PER_PIXEL or _PER_PIXEL[key][0] is not fcn:
+        side = max(1024, fcn.geometry.min_input)
+        _PER_PIXEL[key] = (fcn, activation_memory(fcn, (side, side), dtype=dtype) / side**2)
+    return _PER_PIXEL[key][1]
+
+
+_PER_PIXEL: dict[tuple[int, torch.dtype], tuple[FullyConvNet, float]] = {}
+_GRAPHS: dict[int, tuple[FullyConvNet, fx.GraphModule]] = {}
+
+
+def _graph(fcn: FullyConvNet) -> fx.GraphModule:
+    """``fcn`` as one traced graph (body then head), cached per network object."""
+    cached = _GRAPHS.get(id(fcn))
+    if cached is not None and cached[0] is fcn:
+        return cached[1]
+    gm = _fx.trace(nn.Sequential(fcn.body, fcn.head))
+    if len(_GRAPHS) > 16:
+        _GRAPHS.clear()
+    _GRAPHS[id(fcn)] = (fcn, gm)
+    return gm
+
+
+def _peak_live_bytes(gm: fx.GraphModule) -> int:
+    nodes = list(gm.graph.nodes)
+    last_use = {}
+    for index, node in enumerate(nodes):
+        for arg in node.all_input_nodes:
+            last_use[arg] = index
+    owner: dict[fx.Node, fx.Node] = {}  # node -> the node whose storage it uses
+    sizes: dict[fx.Node, int] = {}
+    live = peak = 0
+    for index, node in enumerate(nodes):
+        nbytes = _nbytes(node)
+        if nbytes and _in_place(gm, node):
+            owner[node] = owner.get(node.all_input_nodes[0], node.all_input_nodes[0])
+            keeper = owner[node]
+            last_use[keeper] = max(last_use.get(keeper, index), last_use.get(node, index))
+        elif nbytes:
+            sizes[node] = nbytes
+            live += nbytes
+            peak = max(peak, live)
+        for arg in node.all_input_nodes:  # free what no later node reads
+            storage = owner.get(arg, arg)
+            if storage in sizes and last_use.get(storage, -1) <= index and node.op != "output":
+                live -= sizes.pop(storage)
+    return peak
+
+
+def _nbytes(node: fx.Node) -> int:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return 0
+    return int(torch.Size(meta.shape).numel()) * torch.empty((), dtype=meta.dtype).element_size()
+
+
+def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if not node.all_input_nodes:
+        return False
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_function":
+        return bool(node.kwargs.get("inplace", False))
+    if node.op == "call_method":
+        return isinstance(node.target, str) and node.target.endswith("_") and not node.target.startswith("_")
+    return False
