@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SceneObject", "SCENE_SIZE", "compose_scene", "scene_objects"]
+__all__ = ["SceneObject", "SCENE_SCALES", "SCENE_SIZE", "PeakCheck", "check_peaks", "compose_scene",
+           "scene_objects"]
 
 # (height, width) of the canvas, in pixels
 SCENE_SIZE = (1000, 1400)
+# the objects are pasted about 300 pixels tall: at 0.75 they are the 224 pixels the model was trained on
+SCENE_SCALES = (0.75,)
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,39 @@ def compose_scene(*, background: tuple[int, int] = (214, 168)) -> tuple[np.ndarr
         x0, y0, x1, y1 = obj.box
         canvas[y0:y1, x0:x1] = resize(np.ascontiguousarray(photos[obj.name]()), (y1 - y0, x1 - x0))
     return canvas, objects
+
+
+@dataclass(frozen=True)
+class PeakCheck:
+    """Where the best of an object's classes peaks, and whether that is inside the object.
+
+    Attributes:
+        object: the object.
+        cls: the object's class with the highest peak.
+        x, y: the peak, in canvas pixels.
+        score: the class probability at the peak.
+        inside: whether the peak lies in the object's box.
+    """
+
+    object: SceneObject
+    cls: int
+    x: float
+    y: float
+    score: float
+    inside: bool
+
+
+def check_peaks(prediction, objects: list[SceneObject]) -> list[PeakCheck]:
+    """For each object, the peak of its class (the one of its classes that peaks highest).
+
+    Args:
+        prediction: a :class:`fcnclassify.predict.Prediction` of the canvas.
+        objects: the objects from :func:`compose_scene`.
+    """
+    checks = []
+    for obj in objects:
+        peaks = {cls: prediction.peak(cls) for cls in obj.classes}
+        cls = max(peaks, key=lambda c: peaks[c]["score"])
+        x, y = float(peaks[cls]["x"]), float(peaks[cls]["y"])
+        checks.append(PeakCheck(obj, cls, x, y, float(peaks[cls]["score"]), obj.contains(x, y)))
+    return checks
