@@ -21,9 +21,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "
     from ..models import available_models
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", "-m", default=default_model, metavar="NAME",
+    group.add_argument("--model", "-m", default=None, metavar="NAME",
                        help=f"network architecture, one of {', '.join(available_models())} "
-                            f"(default: {default_model})")
+                            f"(default: the one a converted --weights file names, else "
+                            f"{default_model})")
+    parser.set_defaults(_default_model=default_model)
     group.add_argument("--weights", "-w", default="default", metavar="default|PATH",
                        help="'default' (the registry's pretrained ImageNet weights, downloaded and "
                             "cached by torchvision; efficientnet_lite0 ships offline) or a local "
@@ -70,9 +72,12 @@ def load_from_args(args: argparse.Namespace):
     """The :class:`~fcnclassify.models.LoadedModel` that ``add_model_options`` describes."""
     from ..models import load_model
 
+    name = args.model
+    if name is None and str(args.weights) == "default":
+        name = getattr(args, "_default_model", "vgg16")
     return load_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, labels=args.labels,
-        input_size=getattr(args, "input_size", 224),
+        name, weights=args.weights, num_classes=args.num_classes, labels=args.labels,
+        input_size=getattr(args, "input_size", 224), progress=show_progress(args),
     )
 
 
