@@ -1,0 +1,103 @@
+"""The demo scene, end to end on real weights (efficientnet_lite0) and real photos (scikit-image)."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from fcnclassify import cli
+from fcnclassify.images import resize
+from fcnclassify.scene import SCENE_SCALES, SCENE_SIZE, compose_scene
+
+
+@pytest.fixture(scope="module")
+def lite():
+    from fcnclassify.models import load_model
+
+    return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return compose_scene()
+
+
+@pytest.fixture(scope="module")
+def prediction(lite, scene):
+    from fcnclassify.predict import predict
+
+    return predict(lite, scene[0], scales=SCENE_SCALES)
+
+
+def test_scene_is_composed_where_it_says(scene):
+    canvas, objects = scene
+    assert canvas.shape == (*SCENE_SIZE, 3) and canvas.dtype == np.uint8
+    covered = np.zeros(SCENE_SIZE, bool)
+    for obj in objects:
+        x0, y0, x1, y1 = obj.box
+        assert 0 <= x0 < x1 <= SCENE_SIZE[1] and 0 <= y0 < y1 <= SCENE_SIZE[0]
+        assert not covered[y0:y1, x0:x1].any(), f"{obj.name} overlaps another object"
+        covered[y0:y1, x0:x1] = True
+    # the cat is pasted at its own size, pixel for pixel
+    chelsea = next(o for o in objects if o.name == "chelsea")
+    x0, y0, x1, y1 = chelsea.box
+    np.testing.assert_array_equal(canvas[y0:y1, x0:x1], data.chelsea())
+    background = canvas[~covered]
+    assert np.all(background[:, 0] == background[:, 1]) and np.all(background[:, 1] == background[:, 2])
+
+
+def test_each_object_alone_is_recognised_by_the_original_model(lite, scene):
+    """The premise of the demo: each crop, resized to 224, has one of its classes in the top 5."""
+    canvas, objects = scene
+    crops = [resize(np.ascontiguousarray(canvas[y0:y1, x0:x1]), (224, 224)) for x0, y0, x1, y1 in
+             (obj.box for obj in objects)]
+    with torch.no_grad():
+        logits = lite.original(torch.stack([lite.normalization(c) for c in crops]))
+    for obj, top5 in zip(objects, logits.topk(5).indices.tolist()):
+        assert set(top5) & set(obj.classes), (obj.name, [lite.categories[i] for i in top5])
+
+
+def test_peak_of_each_object_class_lies_inside_it(prediction, scene):
+    canvas, objects = scene
+    assert prediction.image.shape == canvas.shape
+    for obj in objects:
+        # the image-grid heatmap (fused, interpolated) of the object's best class, maximum over pixels
+        heat = np.stack([prediction.heatmap(c) for c in obj.classes])
+        best = int(heat.reshape(len(obj.classes), -1).max(1).argmax())
+        y, x = np.unravel_index(heat[best].argmax(), heat[best].shape)
+        assert obj.contains(x + 0.5, y + 0.5), (obj.name, prediction.categories[obj.classes[best]], x, y)
+        assert heat[best].max() > 0.5  # a confident peak, not noise
+        # and the cell peak that the demo reports agrees
+        peak = prediction.peak(obj.classes[best])
+        assert obj.contains(peak["x"], peak["y"]), (obj.name, peak)
+
+
+def test_demo_command_writes_overlays_and_reports_every_peak_inside(tmp_path, lite, monkeypatch, capsys):
+    import fcnclassify.models
+
+    monkeypatch.setattr(fcnclassify.models, "load_model", lambda name: lite)  # loaded once above
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    rows = [line for line in stdout.splitlines()
+            if re.match(r"(chelsea|coffee|rocket|motorcycle|cameraman) ", line)]
+    assert len(rows) == 5 and all(row.endswith("yes") for row in rows), stdout
+    assert "5/5 peaks inside their objects" in stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["scene.png", "scene_1_egyptian-cat.png", "scene_2_espresso.png", "scene_3_missile.png",
+                     "scene_4_moped.png", "scene_5_tripod.png", "scene_grid.png"]
+    scene = cv2.imread(str(out / "scene.png"), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(scene[:, :, ::-1], compose_scene()[0])  # written in RGB order
+    assert cv2.imread(str(out / "scene_1_egyptian-cat.png")).shape == (*SCENE_SIZE, 3)
+
+    # a second run refuses to overwrite, and leaves the files alone
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "--force" in err[0]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
