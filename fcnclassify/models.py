@@ -242,8 +242,10 @@ def _default_state_dict(name: str, *, progress: bool) -> dict[str, torch.Tensor]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
-        # torch.hub announces the download on stderr; only with a progress bar is that wanted
-        with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
+        # torch.hub announces the download on stdout (which may carry JSON) and draws its bar on
+        # stderr: both go to stderr with a progress bar, nowhere without
+        sink = sys.stderr if progress else io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True,
                                           map_location="cpu")
     except (OSError, RuntimeError) as e:  # URLError, timeouts, a failed hash check
