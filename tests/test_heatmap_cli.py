@@ -67,6 +67,8 @@ def test_json_scores_match_the_original_model_and_peaks_lie_in_the_image(cached,
                             "--out", out)
     assert code == 0 and err == []
     document = json.loads(stdout)  # one JSON document, nothing else on stdout
+    assert document["model"] == "efficientnet_lite0" and document["scales"] == [1.0]
+    assert (document["flip"], document["pool"], document["over"]) == (False, "avg", "logits")
     (image,) = document["images"]
     height, width = data.chelsea().shape[:2]
     assert (image["image"], image["width"], image["height"]) == (str(chelsea), width, height)
@@ -167,12 +169,14 @@ def test_force_replaces_the_earlier_overlay_of_another_class(cached, chelsea, ou
                                                      "keep.txt"]
 
 
-def test_bad_image_among_good_ones_is_reported_and_skipped(cached, chelsea, out, capsys):
-    empty = chelsea.parent / "empty.jpg"
-    empty.write_bytes(b"")
-    code, _, err = run(capsys, empty, chelsea, "--topk", "1", "--out", out)
-    assert code == 2
-    assert err == [f"fcnclassify heatmap: error: {empty}: file is empty"]
+@pytest.mark.parametrize("content, message", [(b"", "file is empty"), (None, "no such file or directory")])
+def test_bad_image_among_good_ones_is_reported_and_skipped(cached, chelsea, out, capsys, content, message):
+    bad = chelsea.parent / "bad.jpg"
+    if content is not None:
+        bad.write_bytes(content)
+    code, _, err = run(capsys, bad, chelsea, "--topk", "1", "--out", out)
+    assert code == 2  # as classify does: the others are processed, the exit code tells
+    assert err == [f"fcnclassify heatmap: error: {bad}: {message}"]
     assert sorted(p.name for p in out.iterdir()) == ["chelsea_1_egyptian-cat.png", "chelsea_grid.png",
                                                      "keep.txt"]
 

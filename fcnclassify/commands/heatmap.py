@@ -7,8 +7,10 @@ overlays side by side; and with ``--save-npz`` ``<out>/<stem>_maps.npz``, the ra
 
 Nothing is overwritten without ``--force``: every image's outputs are checked before any work, so
 a refused run writes nothing. With ``--force`` an image's earlier overlays at the same ranks are
-replaced (also those of other classes). A file that cannot be read is reported on stderr, one line
-naming it, and skipped with no output; the other images are processed and the exit code is 2.
+replaced (also those of other classes). As in ``classify``, a path that is missing or cannot be
+read as an image is reported on stderr, one line naming it, and skipped with no output; the other
+images are processed and the exit code is 2. ``--json`` prints ``classify``'s document, with a peak
+per class, once all images are done.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"expected --alpha in [0, 1] but got {args.alpha}")
-    paths = list_images(args.images)
+    paths, failures = _existing(args.images)
     if not paths:
-        raise ValueError(f"expected image files but found none in {' '.join(args.images)}")
+        if not failures:
+            raise ValueError(f"expected image files but found none in {' '.join(args.images)}")
+        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"expected --out to be a folder but {out} is a file")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     classes = [model.class_index(c) for c in args.classes] if args.classes else None
     options = evaluation_kwargs(args)
-    documents, failures = [], 0
+    documents = []
     progress = tqdm(iter_images(paths, max_pixels=args.max_pixels), total=len(paths), unit="image",
                     disable=not show_progress(args))
     for path, image in progress:
@@ -103,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
         documents.append(document)
         if not args.json:
             _print_summary(document, progress)
-    if args.json:
-        print(json.dumps({"model": model.name, "images": documents}, indent=2))
+    if args.json and documents:  # the same document as `fcnclassify classify --json`, with peaks
+        print(json.dumps({
+            "model": model.name, "weights": model.weights, "scales": list(args.scales),
+            "flip": args.flip, "pool": args.pool, "over": args.over, "images": documents,
+        }, indent=2))
     return 2 if failures else 0
 
 
@@ -243,6 +250,18 @@ def _print_summary(document: dict, progress) -> None:
 
 def _report(message) -> None:
     print(f"fcnclassify heatmap: error: {message}", file=sys.stderr)
+
+
+def _existing(items: Sequence[str]) -> tuple[list[Path], int]:
+    """Image files from files and folders; a missing path is reported and counted, as classify does."""
+    paths, missing = [], 0
+    for item in items:
+        try:
+            paths += list_images([item])
+        except ImageError as err:
+            _report(err)
+            missing += 1
+    return paths, missing
 
 
 def _check_unique_stems(paths: Sequence[Path]) -> None:
