@@ -68,7 +68,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, colormap
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"expected alpha in [0, 1] but got {alpha}")
     if np.shape(heat) != image.shape[:2]:
-        raise ValueError(f"expected a heat map of the image's size {image.shape[:2]} but got {np.shape(heat)}")
+        raise ValueError(f"expected a heat map of the image's size {image.shape[:2]} "
+                         f"but got {np.shape(heat)}")
     colours = colorize(heat, colormap=colormap, vmin=vmin, vmax=vmax)
     out = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
     return out if legend is None else draw_legend(out, legend)

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..images import ImageError, list_images, write_image
 from ..render import COLORMAPS, grid, overlay
-from ._options import add_evaluation_options, add_model_options, evaluation_kwargs, load_from_args, show_progress
+from ._options import (add_evaluation_options, add_model_options, evaluation_kwargs, load_from_args,
+                       show_progress)
 
 HELP = "write class heatmaps of images: an overlay PNG per class, a grid, optional JSON and raw maps"
 
