@@ -326,10 +326,16 @@ def _geometry(net: FullyConvNet, *, kind: HeadKind, input_size: int) -> Geometry
     rows, cols = (_head_grid(net.head, _fx.walk_grid(net.body, axis), axis) for axis in (0, 1))
     if (rows.jump, rows.center, rows.rf) != (cols.jump, cols.center, cols.rf):
         raise ValueError(f"anisotropic networks are not supported: {rows} vs {cols}")
-    window = input_size if kind == "fc" else rows.jump
     center = rows.center + 0.5  # pixel index -> continuous coordinate
+    if kind == "fc":
+        # a cell is the original classifier on a crop: the canonical input at a multiple of the stride
+        window, offset = input_size, 0
+    else:
+        # a cell of a class activation map stands for its own stride x stride tile
+        window = rows.jump
+        offset = Geometry.snap_offset(center, window)
     geometry = Geometry(
-        window=window, stride=rows.jump, offset=Geometry.snap_offset(center, window),
+        window=window, stride=rows.jump, offset=offset,
         receptive_field=rows.rf, center=center, size_ops=rows.ops,
         global_context=rows.global_context or cols.global_context,
     )

@@ -46,12 +46,15 @@ class Geometry:
 
     Attributes:
         window: side, in input pixels, of the square window a cell stands for: the canonical input
-            size for a fully-connected head (224 for VGG16), the stride for a pooled head (the cell's
-            own tile of a class activation map).
+            size for a fully-connected head (224 for VGG16: cell (i, j) is the original classifier
+            on the crop ``box(i, j)``), the stride for a pooled head (the cell's own tile of a class
+            activation map, placed as nearly as possible on the centre of its receptive field).
         stride: distance in input pixels between neighbouring cells (32 for VGG16).
-        offset: input pixel where the window of cell (0, 0) starts (``box(0, 0)[0]``).
+        offset: input pixel where the window of cell (0, 0) starts (``box(0, 0)[0]``): 0 for a
+            fully-connected head.
         receptive_field: side of the input region that can influence one cell (404 for VGG16).
-        center: continuous coordinate of the centre of cell (0, 0)'s receptive field.
+        center: continuous coordinate of the centre of cell (0, 0)'s receptive field (within half a
+            pixel of its window's centre).
         size_ops: the layers on the path from input to map, to compute map sizes exactly.
         global_context: True when a layer pools over the whole image (squeeze-and-excitation,
             group norm): then every cell also depends on pixels outside its receptive field.
@@ -91,7 +94,11 @@ class Geometry:
         return x0, y0, x0 + self.window, y0 + self.window
 
     def cell_center(self, k: int) -> float:
-        """Continuous input coordinate of the centre of cell ``k`` along one axis."""
+        """Continuous input coordinate of the centre of cell ``k``'s window along one axis."""
+        return self.offset + self.window / 2 + k * self.stride
+
+    def field_center(self, k: int) -> float:
+        """Continuous input coordinate of the centre of cell ``k``'s receptive field."""
         return self.center + k * self.stride
 
     def input_size_for(self, h: int, w: int) -> tuple[int, int]:

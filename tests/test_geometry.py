@@ -122,8 +122,8 @@ def test_receptive_field_matches_gradient(build):
     assert int(rows[-1] - rows[0]) + 1 == g.receptive_field
     assert int(cols[-1] - cols[0]) + 1 == g.receptive_field
     # the field is centred where the geometry says (continuous coordinates)
-    assert (rows[0] + rows[-1] + 1) / 2 == g.cell_center(i)
-    assert (cols[0] + cols[-1] + 1) / 2 == g.cell_center(j)
+    assert (rows[0] + rows[-1] + 1) / 2 == g.field_center(i)
+    assert (cols[0] + cols[-1] + 1) / 2 == g.field_center(j)
 
 
 def test_too_small_input_raises(vgg16):
