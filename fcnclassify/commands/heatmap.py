@@ -157,7 +157,7 @@ def write_outputs(prediction, classes: Sequence[int], out: Path, stem: str, *, a
             if path.exists():
                 raise FileExistsError(f"{path}: already exists (pass --force to overwrite it)")
     stale = existing_outputs(out, stem, len(classes)) if overwrite else []
-    images = []
+    images, titles = [], []
     for rank, (cls, label) in enumerate(zip(classes, labels), 1):
         score = float(prediction.probabilities[cls])
         peak = prediction.peak(cls)
@@ -165,8 +165,7 @@ def write_outputs(prediction, classes: Sequence[int], out: Path, stem: str, *, a
                   f"peak {peak['score']:.2f} at ({peak['x']:.0f}, {peak['y']:.0f})"]
         images.append(overlay(prediction.image, prediction.heatmap(cls), alpha=alpha,
                               colormap=colormap, legend=legend))
-    titles = [f"{rank}. {label} {float(prediction.probabilities[cls]):.3f}"
-              for rank, (cls, label) in enumerate(zip(classes, labels), 1)]
+        titles.append(f"{rank}. {label} p={score:.3f} peak={peak['score']:.2f}")
     panels = [prediction.image, *images]
     picture = grid(panels, [Path(prediction.path).name if prediction.path else "image", *titles],
                    columns=3 if len(panels) > 4 else None)
