@@ -85,7 +85,7 @@ def draw_legend(image: np.ndarray, lines: str | Sequence[str], *, opacity: float
     lines = [lines] if isinstance(lines, str) else list(lines)
     lines = [line.encode("ascii", "replace").decode() for line in lines]
     height, width = image.shape[:2]
-    scale = float(np.clip(min(height, width) / 700, 0.35, 1.5))
+    scale = float(np.clip(min(height, width) / 1100, 0.35, 1.2))
     thickness = max(1, round(scale * 1.6))
     sizes = [cv2.getTextSize(line, _FONT, scale, thickness) for line in lines]
     line_height = max(h + base for (_, h), base in sizes) + max(2, round(4 * scale))
