@@ -273,8 +273,8 @@ def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels
     _check_name(name)
     if num_classes is None:
         num_classes = _head_classes(name, state, path)
-    original = build_original(name, num_classes=num_classes)
-    load_weights(original, path)
+    del state
+    original = load_weights(_empty(name, num_classes), path)  # every tensor is overwritten
     return _finish(name, original, str(path), labels=labels, input_size=input_size)
 
 
