@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .predict import Prediction
 
 __all__ = ["SceneObject", "SCENE_SCALES", "SCENE_SIZE", "PeakCheck", "check_peaks", "compose_scene",
            "scene_objects"]
@@ -127,7 +131,7 @@ class PeakCheck:
     inside: bool
 
 
-def check_peaks(prediction, objects: list[SceneObject]) -> list[PeakCheck]:
+def check_peaks(prediction: Prediction, objects: list[SceneObject]) -> list[PeakCheck]:
     """For each object, the peak of its class (the one of its classes that peaks highest).
 
     Args:

@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from ..images import ImageError, list_images, write_image
 from ..render import COLORMAPS, grid, overlay
 from ._options import (add_evaluation_options, add_model_options, evaluation_kwargs, load_from_args,
                        show_progress)
+
+if TYPE_CHECKING:
+    from ..predict import Prediction
 
 HELP = "write class heatmaps of images: an overlay PNG per class, a grid, optional JSON and raw maps"
 
@@ -143,8 +147,9 @@ def existing_outputs(out: Path, stem: str, count: int, *, npz: bool = False) -> 
     return found
 
 
-def write_outputs(prediction, classes: Sequence[int], out: Path, stem: str, *, alpha: float = 0.5,
-                  colormap: str = "jet", save_npz: bool = False, overwrite: bool = False) -> dict:
+def write_outputs(prediction: Prediction, classes: Sequence[int], out: Path, stem: str, *,
+                  alpha: float = 0.5, colormap: str = "jet", save_npz: bool = False,
+                  overwrite: bool = False) -> dict:
     """Writes the overlays, the grid and (optionally) the maps of one prediction.
 
     Returns:
@@ -181,7 +186,7 @@ def write_outputs(prediction, classes: Sequence[int], out: Path, stem: str, *, a
             "npz": str(npz_path) if save_npz else None}
 
 
-def save_maps(path: Path, prediction) -> None:
+def save_maps(path: Path, prediction: Prediction) -> None:
     """``np.savez_compressed`` of the raw maps: ``logits_<k>`` ``(classes, h, w)`` float32 per map,
     ``scale`` ``(maps, 2)`` (input pixels per original pixel, y and x), ``input_size`` ``(maps, 2)``,
     ``flipped`` ``(maps,)``, ``image_size``, the geometry (``window``, ``stride``, ``offset``,
@@ -207,7 +212,7 @@ def save_maps(path: Path, prediction) -> None:
         raise
 
 
-def describe(prediction, classes: Sequence[int], files: dict | None = None) -> dict:
+def describe(prediction: Prediction, classes: Sequence[int], files: dict | None = None) -> dict:
     """The JSON document of one image: size, map size and, per class, score and peak."""
     height, width = prediction.image.shape[:2]
     document = {
