@@ -1,0 +1,171 @@
+"""Results of the benchmark as JSON, CSV, a markdown table and PNG plots, and the target checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+COLUMNS = [
+    ("model", "model", "{}"), ("size", "size", "{}"), ("dtype", "dtype", "{}"),
+    ("layout", "layout", "{}"), ("cells", "cells", "{}"), ("dense_s", "dense s", "{:.3f}"),
+    ("crop_s", "crops s", "{:.2f}"), ("speedup", "speedup", "{:.1f}x"),
+    ("flop_ratio", "FLOP ratio", "{:.1f}x"), ("speedup_vs_flop_ratio", "speedup/ratio", "{:.2f}"),
+    ("dense_gflops_per_s", "dense GFLOP/s", "{:.0f}"), ("crop_gflops_per_s", "crops GFLOP/s", "{:.0f}"),
+    ("dense_peak_mb", "dense peak MiB", "{:.0f}"), ("crop_peak_mb", "crops peak MiB", "{:.0f}"),
+    ("agree_top1", "top-1 agree", "{:.0%}"), ("agree_correlation", "prob. corr.", "{:.3f}"),
+    ("agree_max_abs_diff", "max abs diff", "{:.3f}"),
+]
+
+
+def _size(row) -> str:
+    return f"{row['width']}x{row['height']}"
+
+
+def _find(rows, **keys):
+    return [r for r in rows if all(r.get(k) == v for k, v in keys.items())]
+
+
+def targets(doc: dict) -> list[dict]:
+    """PASS/FAIL of the issue's targets on the rows measured (missing rows: NOT MEASURED)."""
+    rows = [r for r in doc["rows"] if r.get("kind") != "baselines"]
+    out = []
+
+    def check(name, ok, detail):
+        out.append({"target": name, "result": "NOT MEASURED" if ok is None else
+                    ("PASS" if ok else "FAIL"), "detail": detail})
+
+    dev = doc["rows"][0]["device"] if doc["rows"] else "cpu"
+    ref = [r for r in _find(rows, model="vgg16", width=1024, height=768, dtype="float32")]
+    best = max(ref, key=lambda r: r["speedup_vs_flop_ratio"], default=None)
+    check(f"{dev} vgg16 1024x768 float32: speedup >= 0.85 x FLOP ratio",
+          None if best is None else best["speedup_vs_flop_ratio"] >= 0.85,
+          "" if best is None else f"{best['layout']}: speedup {best['speedup']:.1f}x, FLOP ratio "
+          f"{best['flop_ratio']:.1f}x -> {best['speedup_vs_flop_ratio']:.2f}")
+    eff = max(ref, key=lambda r: r["dense_gflops_per_s"] / r["crop_gflops_per_s"], default=None)
+    check(f"{dev} vgg16 1024x768 float32: dense FLOP/s >= 0.9 x crops FLOP/s",
+          None if eff is None else eff["dense_gflops_per_s"] >= 0.9 * eff["crop_gflops_per_s"],
+          "" if eff is None else f"{eff['layout']}: {eff['dense_gflops_per_s']:.0f} vs "
+          f"{eff['crop_gflops_per_s']:.0f} GFLOP/s -> "
+          f"{eff['dense_gflops_per_s'] / eff['crop_gflops_per_s']:.2f}")
+    pairs = []
+    for r in _find(rows, dtype="bfloat16"):
+        for f in _find(rows, model=r["model"], width=r["width"], height=r["height"],
+                       layout=r["layout"], dtype="float32"):
+            pairs.append((f["dense_s"] / r["dense_s"], r, f))
+    real = doc.get("real_weights", {}).get("bfloat16_vs_float32_dense", {})
+    if pairs:
+        speed, r, f = min(pairs, key=lambda p: p[0])
+        detail = "; ".join(f"{b['model']} {_size(b)} {b['layout']}: {s:.2f}x" for s, b, _ in pairs)
+        check("bfloat16 >= 1.5x faster than float32 (dense)", all(p[0] >= 1.5 for p in pairs), detail)
+    else:
+        check("bfloat16 >= 1.5x faster than float32 (dense)", None, "no bfloat16 rows")
+    check("bfloat16 vs float32 dense per-cell top-1 agreement >= 99% (efficientnet_lite0, real weights)",
+          None if not real else real["top1"] >= 0.99,
+          "" if not real else f"{real['top1']:.1%} of {real['cells']} cells")
+    base = [r for r in doc["rows"] if r.get("kind") == "baselines"]
+    check("faster than timm vgg16 (same input, device, dtype)",
+          None if not base else all(r["speedup_vs_timm"] > 1.0 for r in base),
+          "; ".join(f"{_size(r)} {r['dtype']}: ours {r['ours_s']:.3f}s, timm {r['timm_s']:.3f}s "
+                    f"({r['speedup_vs_timm']:.2f}x)" for r in base))
+    return out
+
+
+def markdown(doc: dict) -> str:
+    rows = [r for r in doc["rows"] if r.get("kind") != "baselines"]
+    lines = [f"Device: {doc['device']}; torch {doc['torch']}; run took {doc['seconds']} s. "
+             "Random weights (seeded) for vgg16/alexnet/resnet50. Crop times are the median time per "
+             "crop over the timed batches (after one warm-up batch) x cells: extrapolated where the "
+             "map has more cells than were timed. FLOPs = 2 x MACs (FlopCounterMode). Agreement is on "
+             "the timed cells.", "",
+             "| " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        vals = []
+        for key, _, fmt in COLUMNS:
+            v = _size(r) if key == "size" else r.get(key)
+            vals.append("" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(vals) + " |")
+    base = [r for r in doc["rows"] if r.get("kind") == "baselines"]
+    if base:
+        lines += ["", "VGG16 image-level logits at the same input, device and dtype (channels_last): ours = "
+                  "dense map + global average pooling; timm = `timm.create_model('vgg16')` with the same "
+                  "weights (fc6 as a 7x7 conv, then pooling); torchvision = the original model "
+                  "(AdaptiveAvgPool2d to 7x7, a different function).", "",
+                  "| size | dtype | ours s | timm s | torchvision s | ours vs timm | max abs logit diff timm "
+                  "| max abs prob diff torchvision | same top-1 as torchvision |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in base:
+            lines.append(f"| {_size(r)} | {r['dtype']} | {r['ours_s']:.3f} | {r['timm_s']:.3f} | "
+                         f"{r['torchvision_s']:.3f} | {r['speedup_vs_timm']:.2f}x | "
+                         f"{r['timm_max_abs_logit_diff']:.2e} | {r['torchvision_max_abs_prob_diff']:.3f} | "
+                         f"{r['torchvision_same_top1']} |")
+    real = doc.get("real_weights")
+    if real:
+        d, b = real["dense_vs_crops"], real["bfloat16_vs_float32_dense"]
+        lines += ["", f"Real weights: {real['model']} on {real['photo']} ({real['size'][0]}x{real['size'][1]}, "
+                  f"map {real['map'][0]}x{real['map'][1]}, crops of {real['crop_window']} centred on the cells): "
+                  f"dense vs crops top-1 agreement {d['top1']:.1%}, probability correlation "
+                  f"{d['correlation']:.3f}; bfloat16 vs float32 dense: top-1 agreement {b['top1']:.1%}, "
+                  f"max abs probability diff {b['max_abs_diff']:.4f}."]
+    lines += ["", "| target | result | detail |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['result']} | {t['detail']} |" for t in doc["targets"]]
+    return "\n".join(lines)
+
+
+def write(doc: dict, out: Path, *, device: str, plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"dense_vs_crops_{device}{'_quick' if doc['quick'] else ''}"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    paths[0].write_text(json.dumps(doc, indent=2, default=float))
+    rows = doc["rows"]
+    keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], list)))
+    with open(paths[1], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths[2].write_text(markdown(doc) + "\n")
+    if plots:
+        paths += _plots(doc, stem)
+    return paths
+
+
+def _plots(doc: dict, stem: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["rows"] if r.get("kind") != "baselines"]
+    series: dict[tuple, list] = {}
+    for r in rows:
+        series.setdefault((r["model"], r["dtype"], r["layout"]), []).append(r)
+    paths = []
+    for what, ylabel, keys in (
+        ("speedup", "speedup of dense over crops (x)", ("speedup", "flop_ratio")),
+        ("time", "seconds per image", ("dense_s", "crop_s")),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (model, dtype, layout), rs in series.items():
+            rs = sorted(rs, key=lambda r: r["width"] * r["height"])
+            mp = [r["width"] * r["height"] / 1e6 for r in rs]
+            label = f"{model} {dtype} {layout}"
+            line, = ax.plot(mp, [r[keys[0]] for r in rs], marker="o", label=f"{label}: "
+                            f"{'speedup' if what == 'speedup' else 'dense'}")
+            ax.plot(mp, [r[keys[1]] for r in rs], marker="x", linestyle="--", color=line.get_color(),
+                    label=f"{label}: {'FLOP ratio' if what == 'speedup' else 'crops (extrapolated)'}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("image size (megapixels)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"dense vs crops, {doc['device']}", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = stem.parent / f"{stem.name}_{what}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
