@@ -74,6 +74,8 @@ def test_convert_round_trip_is_exact(files, capsys):
         torch.testing.assert_close(loaded.original(x), want, rtol=0, atol=0)
         big = torch.randn(1, 3, 256, 320)  # the file holds the converted network bit for bit
         torch.testing.assert_close(loaded.fcn(big), convert(files["alexnet"])(big), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="converted alexnet network but --model vgg16"):
+        load_model("vgg16", weights=out)
     before = out.stat().st_mtime_ns
     one_line_error(*cli(capsys, "convert", "--model", "alexnet", "--weights", root / "alexnet.pth",
                         "--out", out), "exists", "--force")

@@ -16,9 +16,8 @@ from torch import nn
 
 from conftest import randomize
 from fcnclassify import models
-from fcnclassify.checkpoint import save_weights
 from fcnclassify.models import (IMAGENET, LITE, Normalization, available_models, build_original,
-                                converted_metadata, load_model)
+                                load_model)
 
 REGISTRY = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -122,21 +121,6 @@ def test_wrong_shapes_and_wrong_model_are_one_line(alexnet3):
     with pytest.raises(ValueError, match="keys do not match the model") as info:
         load_model("vgg11", weights=path)
     assert "\n" not in str(info.value)
-
-
-def test_converted_file_round_trip_restores_the_original(alexnet3, tmp_path):
-    model, path = alexnet3
-    loaded = load_model("alexnet", weights=path)
-    out = save_weights(loaded.fcn, tmp_path / "a-fcn.safetensors", metadata=converted_metadata(loaded))
-    again = load_model(None, weights=out)  # the model name comes from the file
-    assert again.name == "alexnet" and again.categories == loaded.categories
-    x = torch.randn(1, 3, 260, 300)
-    with torch.no_grad():
-        torch.testing.assert_close(again.fcn(x), loaded.fcn(x), rtol=0, atol=0)
-        small = x[..., :224, :224]
-        torch.testing.assert_close(again.original(small), model(small), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="converted alexnet network but --model vgg16"):
-        load_model("vgg16", weights=out)
 
 
 def test_pickled_code_is_refused_and_does_not_run(tmp_path):
