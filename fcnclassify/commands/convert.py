@@ -31,15 +31,18 @@ def run(args: argparse.Namespace) -> int:
     from ..models import converted_metadata
     from ._options import load_from_args
 
-    if args.out is not None:
-        out = Path(args.out)
+    out = Path(args.out) if args.out is not None else (
+        default_output(args.model) if args.model else None)
+    if out is not None:
         if out.suffix != ".safetensors":
             raise ValueError(f"expected an output file ending in .safetensors but got {out}")
         if out.exists() and not args.force:  # fail before loading anything
             raise FileExistsError(f"{out} exists; pass --force to replace it")
     model = load_from_args(args)
-    out = Path(args.out) if args.out is not None else default_output(model.name)
+    out = out if out is not None else default_output(model.name)
     path = save_weights(model.fcn, out, metadata=converted_metadata(model), overwrite=args.force)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
     params = sum(p.numel() for p in model.fcn.parameters())
     g = model.fcn.geometry
     print(f"wrote {path} ({model.name}, {model.num_classes} classes, head {model.fcn.kind!r}, "
