@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .convert import FullyConvNet
+from .dense import dense_evaluate, prepare, resolve_device, resolve_dtype
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
+from .scoremap import ScoreMap
 
-__all__ = ["default_workers", "iter_images"]
+__all__ = ["default_workers", "dense_maps", "iter_batches", "iter_images"]
 
 
 def default_workers() -> int:
@@ -80,3 +84,65 @@ def _read(path: Path, max_pixels: int | None) -> np.ndarray | ImageError:
         return read_image(path, max_pixels=max_pixels)
     except ImageError as err:
         return err
+
+
+def iter_batches(paths: Iterable[str | os.PathLike], *, batch_size: int = 8,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                 ) -> Iterator[list[tuple[Path, np.ndarray | ImageError]]]:
+    """Consecutive images of equal size, grouped into batches of at most ``batch_size``, in order.
+
+    A run of photos from one camera becomes full batches; an image of another size, or one that
+    cannot be read, starts a new group (a failed one is yielded alone with its error).
+    """
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1 but got {batch_size}")
+    batch: list[tuple[Path, np.ndarray | ImageError]] = []
+    for path, image in iter_images(paths, max_pixels=max_pixels, workers=workers,
+                                   prefetch=max(2 * batch_size, 2 * (workers or default_workers()))):
+        fits = (batch and not isinstance(image, ImageError)
+                and image.shape == batch[0][1].shape and len(batch) < batch_size)
+        if batch and not fits:
+            yield batch
+            batch = []
+        if isinstance(image, ImageError):
+            yield [(path, image)]
+        else:
+            batch.append((path, image))
+    if batch:
+        yield batch
+
+
+def dense_maps(fcn: FullyConvNet, paths: Iterable[str | os.PathLike], *,
+               normalize: Callable[[np.ndarray], torch.Tensor], batch_size: int = 8,
+               workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               scales: Sequence[float] = (1.0,), flip: bool = False,
+               device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+               max_memory: int | None = None,
+               ) -> Iterator[tuple[Path, np.ndarray | ImageError, list[ScoreMap] | None]]:
+    """Score maps of many images: decoding runs in threads while the model runs on batches.
+
+    Args:
+        fcn: The network.
+        paths: Image files, in the order wanted.
+        normalize: RGB uint8 ``(H, W, 3)`` -> normalised ``(3, H, W)`` float tensor (a model's
+            :class:`~fcnclassify.models.Normalization`).
+        batch_size: Images of equal size evaluated together.
+        workers, max_pixels: As in :func:`iter_images`.
+        scales, flip, device, dtype, max_memory: As in :func:`~fcnclassify.dense.dense_evaluate`;
+            an image smaller than one window is zero-padded (``pad=True``).
+
+    Yields:
+        ``(path, image, maps)`` in input order; ``(path, ImageError, None)`` for an unreadable file.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    fcn, nhwc = prepare(fcn, device=device, dtype=dtype)  # once, not per batch
+    for batch in iter_batches(paths, batch_size=batch_size, max_pixels=max_pixels, workers=workers):
+        if isinstance(batch[0][1], ImageError):
+            yield batch[0][0], batch[0][1], None
+            continue
+        x = torch.stack([normalize(image) for _, image in batch])
+        maps = dense_evaluate(fcn, x, scales=scales, flip=flip, device=device, dtype=dtype,
+                              channels_last=nhwc, pad=True, max_memory=max_memory)
+        for (path, image), image_maps in zip(batch, maps):
+            yield path, image, image_maps
