@@ -68,7 +68,8 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
 
     handles = []
     for name, module in net.named_modules():
-        if name and not list(module.children()):
+        # leaves, and containers that hold weights themselves (a Conv2d subclass with a padding child)
+        if name and (not list(module.children()) or _own_params(module)):
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
     try:
@@ -108,16 +109,25 @@ def resampling_note(row: LayerRow) -> str:
             f"{'' if even else ' (uneven, overlapping bins)'}")
 
 
-def format_table(rows: list[LayerRow]) -> str:
-    """A fixed-width text table of ``rows`` with a total line."""
+def format_table(rows: list[LayerRow], *, total_params: int | None = None) -> str:
+    """A fixed-width text table of ``rows`` with a total line.
+
+    Args:
+        total_params: the model's parameter count, when some weights are used by functional calls
+            that no layer row shows (a traced graph); the total line says how many.
+    """
     header = ("layer", "type", "output shape", "params", "MiB", "")
     body = []
     for r in rows:
         shape = "x".join(map(str, r.output_shape)) if r.output_shape is not None else "-"
         body.append((r.name, r.type, shape, f"{r.params:,}", f"{r.memory_mib:.2f}", r.note))
-    total_params = sum(r.params for r in rows)
+    listed = sum(r.params for r in rows)
+    total_params = listed if total_params is None else total_params
     total_mib = sum(r.memory_mib for r in rows)
-    body.append(("total", "", "", f"{total_params:,}", f"{total_mib:.2f}", "(sum of layer outputs)"))
+    note = "MiB: sum of layer outputs"
+    if total_params > listed:
+        note += f"; {total_params - listed:,} parameters (and their outputs) in functional calls not listed"
+    body.append(("total", "", "", f"{total_params:,}", f"{total_mib:.2f}", note))
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(5)]
     right = (False, False, False, True, True)
 

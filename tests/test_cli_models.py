@@ -216,3 +216,19 @@ def test_layer_table_reports_the_failing_linear():
     assert rows[-1].name == "4" and rows[-1].type == "Linear" and rows[-1].output_shape is None
     assert rows[-1].note.startswith("fails:") and "196" in rows[-1].note  # 4 x 7 x 7 expected
     assert rows[-2].output_shape == (4 * 12 * 12,)
+
+
+def test_layer_table_counts_a_conv_with_a_padding_child():
+    class PaddedConv(nn.Conv2d):  # as efficientnet-lite's Conv2dStaticSamePadding
+        def __init__(self):
+            super().__init__(3, 8, 3, stride=2)
+            self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+
+        def forward(self, x):
+            return super().forward(self.pad(x))
+
+    net = nn.Sequential(PaddedConv(), nn.ReLU())
+    rows = layer_table(net, (32, 32))
+    assert [(r.name, r.output_shape, r.params) for r in rows] == [
+        ("0.pad", (3, 33, 33), 0), ("0", (8, 16, 16), 8 * 3 * 9 + 8), ("1", (8, 16, 16), 0)]
+    assert sum(r.params for r in rows) == sum(p.numel() for p in net.parameters())

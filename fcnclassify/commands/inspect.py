@@ -50,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"original {type(original).__name__} (input 1x3x{height}x{width})")
     rows = layer_table(original.to("meta"), (height, width))
-    print(format_table(rows))
+    print(format_table(rows, total_params=_count(original)))
     print(_verdict(rows, fcn.kind, height, width, args.input_size))
     print()
     print(f"converted FullyConvNet, head kind {fcn.kind!r} (input 1x3x{height}x{width})")
     converted = layer_table(fcn, (height, width)) if min(height, width) >= g.min_input else []
     if converted:
-        print(format_table(converted))
+        print(format_table(converted, total_params=_count(fcn)))
     else:
         print(f"(smaller than one window: at least {g.min_input}x{g.min_input} pixels are needed; "
               "dense evaluation pads it)")
@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"score map {h}x{w} ({h * w} cells) for {height}x{width}; minimum input "
               f"{g.min_input}x{g.min_input}")
     return 0
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _verdict(rows, kind: str, height: int, width: int, input_size: int) -> str:
