@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
 
 __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
            "evaluation_kwargs", "show_progress"]
@@ -68,7 +72,7 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5) ->
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def load_from_args(args: argparse.Namespace):
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
     """The :class:`~fcnclassify.models.LoadedModel` that ``add_model_options`` describes."""
     from ..models import load_model
 
