@@ -108,8 +108,9 @@ def make_plan(args, device: torch.device) -> dict[str, list[dict]]:
             for dtype in dtypes:
                 if dtype == "float16" and device.type != "cuda":
                     continue
-                if dtype != "float32" and not native_bf16 and device.type == "cpu" and (w, h) != sizes[0]:
-                    continue  # emulated bfloat16 is 10-100x slower: show it at the smallest size only
+                if dtype != "float32" and not native_bf16 and device.type == "cpu" and (
+                        (w, h) != sizes[0] or name != "alexnet"):
+                    continue  # emulated bfloat16 is 10-100x slower: alexnet at the smallest size shows it
                 for layout in layouts:
                     if dtype != "float32" and layout == "nchw" and len(layouts) > 1 and (
                             device.type == "cpu" and not native_bf16):
