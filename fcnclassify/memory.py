@@ -91,19 +91,25 @@ def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 
         fcn: The network.
         size: The input ``(height, width)`` in pixels.
         batch: Images run together.
-        dtype: The compute dtype; default that of the network's weights.
+        dtype: The compute dtype; default that of the network's weights (whose copy in this dtype
+            the estimate then assumes).
     """
     height, width = size
     if height < 1 or width < 1 or batch < 1:
         raise ValueError(f"expected a positive size and batch but got {size} x {batch}")
     gm = _graph(fcn)
-    if dtype is None:
-        dtype = next(fcn.parameters()).dtype
+    weights = next(fcn.parameters()).dtype
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with torch.no_grad(), fake_mode:
-        x = torch.empty(batch, 3, height, width, dtype=dtype)
+        x = torch.empty(batch, 3, height, width, dtype=weights)
         ShapeProp(gm, fake_mode=fake_mode).propagate(x)
-    return int(_peak_live_bytes(gm) * SAFETY)
+    # every tensor scales with the element size when the network runs in another dtype
+    ratio = 1.0 if dtype is None else _itemsize(dtype) / _itemsize(weights)
+    return int(_peak_live_bytes(gm) * ratio * SAFETY)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def bytes_per_pixel(fcn: FullyConvNet, *, dtype: torch.dtype | None = None) -> float:

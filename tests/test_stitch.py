@@ -47,7 +47,7 @@ def test_stitched_cells_are_dense_cells_of_shifted_inputs(vgg_fcn, factor):
                 torch.testing.assert_close(got[..., a::factor, b::factor], want, **EXACT)
 
 
-@pytest.mark.parametrize("factor,size", [(2, (331, 290)), (4, (331, 290)), (4, (300, 999)), (2, (239, 257))])
+@pytest.mark.parametrize("factor,size", [(2, (331, 290)), (4, (331, 290)), (4, (300, 999)), (2, (241, 257))])
 def test_stitched_size_is_hand_computed(vgg_fcn, factor, size):
     """Stride 32 / k: floor((H - 224) / (32 / k)) + 1 cells, as a network of that stride would give."""
     d = 32 // factor
