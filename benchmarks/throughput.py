@@ -1,0 +1,70 @@
+"""Images per second over a folder of photos: serial vs parallel decoding, batched; same maps.
+
+    python -m benchmarks.throughput                  # 64 photos of 480x640, efficientnet_lite0
+    python -m benchmarks.throughput --count 128 --workers 4 --batch-size 8
+
+The photos are scikit-image's (chelsea, coffee, astronaut, rocket, ...) resized and written as JPEG to
+a temporary folder. Results go to ``benchmarks/results/throughput_<model>_<count>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import skimage.data
+import torch
+
+from fcnclassify.images import resize, write_image
+from fcnclassify.models import load_model
+from fcnclassify.pipeline import default_workers, dense_maps
+
+RESULTS = Path(__file__).parent / "results"
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--size", default="480x640", help="HxW of the photos")
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    h, w = (int(v) for v in args.size.split("x"))
+    model = load_model(args.model)
+    results = {"model": args.model, "count": args.count, "size": [h, w], "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(args.count):
+            path = Path(tmp) / f"{i:04d}.jpg"
+            write_image(path, resize(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()[..., :3], (h, w)))
+            paths.append(path)
+        runs = {"one by one, serial decoding": dict(workers=0, batch_size=1),
+                "one by one, parallel decoding": dict(workers=args.workers, batch_size=1),
+                f"batches of {args.batch_size}, parallel decoding": dict(workers=args.workers,
+                                                                         batch_size=args.batch_size)}
+        reference = None
+        for name, options in runs.items():
+            t0 = time.perf_counter()
+            maps = [m[0].logits for _, _, m in dense_maps(model.fcn, paths, normalize=model.normalization,
+                                                          **options)]
+            seconds = time.perf_counter() - t0
+            diff = 0.0 if reference is None else max((a - b).abs().max().item() for a, b in zip(maps, reference))
+            reference = reference or maps
+            results[name] = {"seconds": round(seconds, 2), "images_per_second": round(args.count / seconds, 2),
+                             "max_abs_diff_vs_first": diff, **options}
+            print(f"{name:40s} {args.count / seconds:6.2f} images/s  ({seconds:.1f} s; max |diff| vs "
+                  f"first {diff:.1e})")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"throughput_{args.model}_{args.count}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"-> {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
