@@ -32,6 +32,25 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def build(factory, seed: int = 0, **kwargs) -> nn.Module:
+    """``factory(**kwargs)`` with seeded weights, skipping the model's own (slow) random init."""
+    with torch.device("meta"):
+        model = factory(**kwargs)
+    model = model.to_empty(device="cpu")
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.num_batches_tracked.zero_()
+    for name, p in model.named_parameters():
+        if not _covered(model, name):
+            raise ValueError(f"randomize() does not initialise {name}")
+    return randomize(model, seed)
+
+
+def _covered(model: nn.Module, name: str) -> bool:
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return isinstance(owner, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d))
+
+
 def vgg_features(cfg, *, batch_norm: bool = False, padding: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = []
     c = 3

@@ -8,16 +8,17 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import VGG16_NARROW, randomize, vgg_features
+from conftest import VGG16_NARROW, build, randomize, vgg_features
 from fcnclassify import FullyConvNet, convert, load_weights, save_weights
 from fcnclassify.checkpoint import load_state_dict
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def _compare(model: nn.Module, size: int, *, input_size: int | None = None, seed: int = 0) -> FullyConvNet:
+def _compare(model: nn.Module, size: int, *, input_size: int | None = None, seed: int = 0,
+             batch: int = 2) -> FullyConvNet:
     fcn = convert(model, input_size=input_size or size)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         want = model(x)
         got = fcn(x)
@@ -30,8 +31,7 @@ def _compare(model: nn.Module, size: int, *, input_size: int | None = None, seed
 @pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
                                   "vgg16_bn", "vgg19_bn"])
 def test_torchvision_vgg(name):
-    torch.manual_seed(0)
-    fcn = _compare(randomize(getattr(torchvision.models, name)()), 224)
+    fcn = _compare(build(getattr(torchvision.models, name)), 224, batch=1)
     assert fcn.kind == "fc"
     conv6 = fcn.head[0]
     assert isinstance(conv6, nn.Conv2d) and conv6.kernel_size == (7, 7)
@@ -39,16 +39,15 @@ def test_torchvision_vgg(name):
 
 
 def test_alexnet_8_classes():
-    model = torchvision.models.alexnet(num_classes=8)
-    fcn = _compare(randomize(model), 224)
+    fcn = _compare(build(torchvision.models.alexnet, num_classes=8), 224)
     assert fcn.head[0].kernel_size == (6, 6)
     assert fcn.num_classes == 8
 
 
 def test_vgg16_custom_3_class_head():
-    model = torchvision.models.vgg16()
-    model.classifier[-1] = nn.Linear(4096, 3)
-    fcn = _compare(randomize(model), 224)
+    model = build(torchvision.models.vgg16)
+    model.classifier[-1] = randomize(nn.Linear(4096, 3))
+    fcn = _compare(model, 224, batch=1)
     assert fcn.num_classes == 3
 
 
