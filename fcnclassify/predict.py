@@ -16,6 +16,7 @@ from .dense import dense_evaluate, resolve_device, resolve_dtype
 from .images import DEFAULT_MAX_PIXELS, read_image, resize, scaled_size
 from .models import LoadedModel
 from .scoremap import ScoreMap
+from .stitch import stitched_evaluate
 
 __all__ = ["Prediction", "predict"]
 
@@ -92,6 +93,7 @@ def predict(
     dtype: str | torch.dtype | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
+    stride_factor: int = 1,
     progress: bool | None = False,
 ) -> Prediction:
     """Evaluate ``model`` densely on one image at several scales and fuse the maps.
@@ -111,6 +113,8 @@ def predict(
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (CUDA).
         max_pixels: refuse larger images (decompression bombs); None for no limit.
         max_memory: activation-memory budget in bytes; larger inputs run in exact tiles.
+        stride_factor: ``k > 1`` gives maps at stride ``stride / k`` by shift-and-stitch
+            (:func:`fcnclassify.stitch.stitched_evaluate`), for ``k * k`` times the work.
         progress: a progress bar over the scales (None: only on a terminal).
 
     Raises:
@@ -118,6 +122,8 @@ def predict(
     """
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"expected one or more positive scales but got {scales}")
+    if stride_factor < 1:
+        raise ValueError(f"expected a stride factor >= 1 but got {stride_factor}")
     path = None
     if isinstance(image, (str, os.PathLike)):
         path = str(image)
@@ -134,8 +140,13 @@ def predict(
         target = scaled_size(size, scale)
         resized = rgb if target == size else resize(rgb, target)
         x = model.normalization(resized)
-        for m in dense_evaluate(fcn, x, flip=flip, device=device, dtype=dtype, pad=True,
-                                max_memory=max_memory)[0]:
+        if stride_factor > 1:
+            evaluated = stitched_evaluate(fcn, x, factor=stride_factor, flip=flip, device=device,
+                                          dtype=dtype, max_memory=max_memory)[0]
+        else:
+            evaluated = dense_evaluate(fcn, x, flip=flip, device=device, dtype=dtype, pad=True,
+                                       max_memory=max_memory)[0]
+        for m in evaluated:
             maps.append(ScoreMap(m.logits, m.geometry, size, m.input_size, m.flipped))
     probabilities = fuse(maps, pool=pool, over=over)
     return Prediction(path=path, image=rgb, maps=maps, probabilities=probabilities,

@@ -232,3 +232,26 @@ def test_layer_table_counts_a_conv_with_a_padding_child():
     assert [(r.name, r.output_shape, r.params) for r in rows] == [
         ("0.pad", (3, 33, 33), 0), ("0", (8, 16, 16), 8 * 3 * 9 + 8), ("1", (8, 16, 16), 0)]
     assert sum(r.params for r in rows) == sum(p.numel() for p in net.parameters())
+
+
+def test_classify_memory_budget_and_stride_factor(files, capsys):
+    """--max-memory reaches the tiler (same scores within budget, one line when too small);
+    --stride-factor 2 halves the stride of the maps."""
+    base = ["classify", files["root"] / "chelsea.png", "--model", "efficientnet_lite0", "--json",
+            "--topk", "3"]
+    code, out, _ = cli(capsys, *base)
+    plain = json.loads(out)["images"][0]
+    code_budget, out, _ = cli(capsys, *base, "--max-memory", "2GB")
+    budget = json.loads(out)["images"][0]
+    assert code == code_budget == 0
+    assert [c["id"] for c in budget["classes"]] == [c["id"] for c in plain["classes"]]
+    for a, b in zip(budget["classes"], plain["classes"]):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    code, out, err = cli(capsys, *base, "--max-memory", "2MiB")
+    assert code == 2 and "expected max_memory of at least" in err and err.count("\n") == 1
+    code, out, _ = cli(capsys, *base, "--stride-factor", "2")
+    assert code == 0 and json.loads(out)["images"][0]["map_size"] == [2 * 9 - 1, 2 * 14 - 1]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in base] + ["--max-memory", "lots"])
+    assert exit_.value.code == 2
+    assert "expected a memory size like '2GB'" in capsys.readouterr().err

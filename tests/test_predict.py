@@ -138,3 +138,20 @@ def test_bad_input(tiny, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="empty.jpg"):
         predict(tiny, tmp_path / "empty.jpg")
+
+
+def test_stride_factor_gives_the_shifted_evaluations(tiny, photo):
+    """--stride-factor 2: cell (2i + a, 2j + b) is the dense map of the image shifted by (16a, 16b)."""
+    prediction = predict(tiny, photo, stride_factor=2)
+    (m,) = prediction.maps
+    assert m.geometry.stride == 16
+    assert m.shape == ((520 - 224) // 16 + 1, (600 - 224) // 16 + 1)
+    x = tiny.normalization(photo)[None]
+    with torch.no_grad():
+        for a in (0, 1):
+            for b in (0, 1):
+                shifted = tiny.fcn(x[:, :, 16 * a:, 16 * b:])[0]
+                torch.testing.assert_close(m.logits[:, a::2, b::2], shifted[:, :m.logits[:, a::2, b::2].shape[1],
+                                           :m.logits[:, a::2, b::2].shape[2]], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="stride factor >= 1"):
+        predict(tiny, photo, stride_factor=0)

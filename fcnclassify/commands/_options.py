@@ -8,6 +8,7 @@ pooling, device, precision, pixel limit, top-k, JSON, quiet) and ``load_from_arg
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -67,8 +68,13 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5) ->
     group.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                        metavar="N", help="refuse images with more pixels (decompression bombs; "
                                          f"default: {DEFAULT_MAX_PIXELS})")
-    group.add_argument("--max-memory", type=_memory, default=None, metavar="MiB",
-                       help="activation memory budget in MiB; larger inputs run in exact tiles")
+    group.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
+                       help="activation memory budget, e.g. 2GB or 512MiB (a bare number is MiB); "
+                            "larger inputs run in exact tiles (default: tiles only when an input "
+                            "would not fit in half the available memory)")
+    group.add_argument("--stride-factor", type=_positive_int, default=1, metavar="K",
+                       help="score maps at stride/K by shift-and-stitch (K*K times the work; "
+                            "default: 1)")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -89,7 +95,7 @@ def evaluation_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`fcnclassify.predict.predict` from ``add_evaluation_options``."""
     return dict(scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
                 device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
-                max_memory=args.max_memory)
+                max_memory=args.max_memory, stride_factor=args.stride_factor)
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -119,11 +125,11 @@ def _positive_int(text: str) -> int:
 
 
 def _memory(text: str) -> int:
-    """MiB on the command line -> bytes."""
+    """``2GB``, ``512MiB`` or a bare number of MiB on the command line -> bytes."""
+    from ..memory import parse_memory
+
+    bare = re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", text) is not None
     try:
-        mib = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MiB but got {text!r}")
-    if not mib > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive size in MiB but got {text!r}")
-    return int(mib * 2**20)
+        return parse_memory(f"{text}MiB" if bare else text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
