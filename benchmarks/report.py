@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import torch
 
 COLUMNS = [
     ("model", "model", "{}"), ("size", "size", "{}"), ("dtype", "dtype", "{}"),

@@ -15,7 +15,6 @@ agreement with real weights is measured with efficientnet_lite0 (weights shipped
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

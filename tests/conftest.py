@@ -40,7 +40,7 @@ def build(factory, seed: int = 0, **kwargs) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.num_batches_tracked.zero_()
-    for name, p in model.named_parameters():
+    for name, _ in model.named_parameters():
         if not _covered(model, name):
             raise ValueError(f"randomize() does not initialise {name}")
     return randomize(model, seed)

@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import randomize
 from fcnclassify import models
-from fcnclassify.models import (IMAGENET, LITE, Normalization, available_models, build_original,
+from fcnclassify.models import (IMAGENET, LITE, available_models, build_original,
                                 load_model)
 
 REGISTRY = Path(__file__).resolve().parents[1] / "weights" / "registry.json"

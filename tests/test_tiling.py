@@ -13,7 +13,6 @@ from torchvision.models.resnet import BasicBlock
 
 from conftest import VGG16_NARROW, randomize, vgg_features
 from fcnclassify import convert, dense_evaluate
-from fcnclassify import dense as dense_module
 from fcnclassify import tiling
 from fcnclassify.memory import activation_memory, format_bytes, parse_memory
 from fcnclassify.tiling import choose_tile, plan_tiles, tiled_forward

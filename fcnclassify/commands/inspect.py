@@ -86,7 +86,7 @@ def _verdict(rows, kind: str, height: int, width: int, input_size: int) -> str:
         p = pools[-1]
         src, dst = "x".join(map(str, p.input_shape[-2:])), "x".join(map(str, p.output_shape[-2:]))
         what = ("averages the whole" if p.output_shape[-2:] == (1, 1)
-                else f"resamples the")
+                else "resamples the")
         return (f"-> the original gives ONE prediction for the whole {height}x{width} image: "
                 f"{p.name} ({p.type}) {what} {src} feature map to {dst} and the classifier runs "
                 f"once; no map of where things are")
