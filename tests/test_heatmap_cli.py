@@ -204,12 +204,14 @@ def test_bad_image_exits_2_with_one_line_and_writes_nothing(cached, tmp_path, ou
 
 
 def test_unknown_class_exits_2_before_any_work(cached, chelsea, out, capsys, monkeypatch):
-    import fcnclassify.predict
+    import importlib
+
+    predict_module = importlib.import_module("fcnclassify.predict")  # the attribute is the function
 
     def no_prediction(*args, **kwargs):
         raise AssertionError("the classes must be checked before any image is evaluated")
 
-    monkeypatch.setattr(fcnclassify.predict, "predict", no_prediction)
+    monkeypatch.setattr(predict_module, "predict", no_prediction)
     code, stdout, err = run(capsys, chelsea, "--classes", "tabby", "flying saucer", "--out", out)
     assert code == 2 and stdout == ""
     assert len(err) == 1 and "'flying saucer'" in err[0]
