@@ -36,7 +36,6 @@ All images here are normalised float tensors ``(3, H, W)``; resizing uses torchv
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterator, Sequence
 
@@ -48,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .convert import FullyConvNet
-from .dense import resolve_device, resolve_dtype
+from .dense import prepare, resolve_device, resolve_dtype
 from .geometry import Geometry
 from .scoremap import ScoreMap
 
@@ -194,16 +193,10 @@ def _batches(model: nn.Module, image: torch.Tensor, boxes: np.ndarray, *, batch_
 
 def _prepare(model: nn.Module, *, device, dtype, channels_last) -> tuple[nn.Module, torch.device,
                                                                          torch.dtype, bool]:
-    """The model on ``device`` in ``dtype`` (a copy when either differs), as dense.prepare does."""
+    """The model on ``device`` in ``dtype`` (a copy when either differs), via dense.prepare."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    nhwc = True if channels_last is None else channels_last
-    param = next(model.parameters())
-    if param.device.type != device.type or param.dtype != dtype:
-        model = copy.deepcopy(model).to(device=device, dtype=dtype)
-    model = model.eval()
-    if nhwc:
-        model = model.to(memory_format=torch.channels_last)
+    model, nhwc = prepare(model, device=device, dtype=dtype, channels_last=channels_last)
     return model, device, dtype, nhwc
 
 

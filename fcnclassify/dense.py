@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .convert import FullyConvNet
 from .scoremap import ScoreMap
@@ -40,8 +41,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-def prepare(fcn: FullyConvNet, *, device: torch.device, dtype: torch.dtype,
-            channels_last: bool | None = None) -> tuple[FullyConvNet, bool]:
+def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
+            channels_last: bool | None = None) -> tuple[nn.Module, bool]:
     """``fcn`` on ``device`` in ``dtype``, and the memory format to use.
 
     The network is copied when its device or dtype differs, so that a bfloat16 run never rounds the
