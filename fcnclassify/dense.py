@@ -70,6 +70,7 @@ def dense_evaluate(
     channels_last: bool | None = None,
     pad: bool = False,
     max_memory: int | None = None,
+    progress: bool = False,
 ) -> list[list[ScoreMap]]:
     """Score maps of a batch of images at every scale, and flipped if asked.
 
@@ -105,7 +106,8 @@ def dense_evaluate(
             size = tuple(x.shape[-2:])
             for flipped in (False, True) if flip else (False,):
                 inp = x.flip(-1) if flipped else x
-                logits = run(fcn, inp, pad=pad, channels_last=nhwc, max_memory=max_memory)
+                logits = run(fcn, inp, pad=pad, channels_last=nhwc, max_memory=max_memory,
+                             progress=progress)
                 if flipped:
                     logits = logits.flip(-1)
                 for n in range(len(images)):
@@ -126,7 +128,8 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
-        channels_last: bool = True, max_memory: int | None = None) -> torch.Tensor:
+        channels_last: bool = True, max_memory: int | None = None,
+        progress: bool = False) -> torch.Tensor:
     """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch."""
     low = fcn.geometry.min_input
     h, w = x.shape[-2:]
@@ -137,5 +140,6 @@ def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
     from .tiling import needs_tiling, tiled_forward
 
     if max_memory is not None or needs_tiling(fcn, x):  # None: tiles only what does not fit
-        return tiled_forward(fcn, x, max_memory=max_memory).float().cpu().contiguous()
+        logits = tiled_forward(fcn, x, max_memory=max_memory, progress=progress)
+        return logits.float().cpu().contiguous()
     return fcn(x).float().cpu().contiguous()

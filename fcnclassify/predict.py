@@ -115,7 +115,7 @@ def predict(
         max_memory: activation-memory budget in bytes; larger inputs run in exact tiles.
         stride_factor: ``k > 1`` gives maps at stride ``stride / k`` by shift-and-stitch
             (:func:`fcnclassify.stitch.stitched_evaluate`), for ``k * k`` times the work.
-        progress: a progress bar over the scales (None: only on a terminal).
+        progress: progress bars over the scales and the tiles (None: only on a terminal).
 
     Raises:
         ValueError: an unreadable image (:class:`fcnclassify.images.ImageError`), a bad option.
@@ -145,7 +145,7 @@ def predict(
                                           dtype=dtype, max_memory=max_memory)[0]
         else:
             evaluated = dense_evaluate(fcn, x, flip=flip, device=device, dtype=dtype, pad=True,
-                                       max_memory=max_memory)[0]
+                                       max_memory=max_memory, progress=bool(progress))[0]
         for m in evaluated:
             maps.append(ScoreMap(m.logits, m.geometry, size, m.input_size, m.flipped))
     probabilities = fuse(maps, pool=pool, over=over)

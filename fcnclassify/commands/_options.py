@@ -95,7 +95,8 @@ def evaluation_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`fcnclassify.predict.predict` from ``add_evaluation_options``."""
     return dict(scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
                 device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
-                max_memory=args.max_memory, stride_factor=args.stride_factor)
+                max_memory=args.max_memory, stride_factor=args.stride_factor,
+                progress=show_progress(args))
 
 
 def show_progress(args: argparse.Namespace) -> bool:
