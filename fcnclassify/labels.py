@@ -35,7 +35,7 @@ def read_labels(path: str | os.PathLike, *, num_classes: int | None = None) -> l
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read the labels file ({type(e).__name__}: {e})") from e
-    names = [line.strip() for line in text.rstrip("\r\n").splitlines()]
+    names = [line.strip() for line in text.rstrip().splitlines()]
     if not text.strip():
         raise ValueError(f"{path}: expected one class name a line but the labels file is empty")
     empty = [i + 1 for i, name in enumerate(names) if not name]

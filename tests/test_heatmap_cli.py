@@ -246,3 +246,13 @@ def test_bad_options_exit_2(cached, chelsea, tmp_path, out, capsys):
     code, _, err = run(capsys, chelsea, twin, "--out", out)
     assert code == 2 and len(err) == 1 and "same outputs" in err[0]
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_another_images_grid_is_not_taken_for_an_overlay(tmp_path):
+    """``a_1_grid.png`` is the grid of image ``a_1``, not rank 1 of image ``a``: never refused or deleted."""
+    from fcnclassify.commands.heatmap import existing_outputs, slug
+
+    (tmp_path / "a_1_grid.png").write_bytes(b"grid of a_1")
+    (tmp_path / "a_2_tabby.png").write_bytes(b"overlay of a")
+    assert existing_outputs(tmp_path, "a", 3) == [tmp_path / "a_2_tabby.png"]
+    assert slug("Grid") == "grid-class" and slug("Egyptian cat") == "egyptian-cat"

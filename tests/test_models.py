@@ -200,3 +200,14 @@ def test_restore_original_inverts_the_conversion():
     models.restore_original(fresh, fcn)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_labels_file_ignores_blank_trailing_lines(tmp_path):
+    from fcnclassify.labels import read_labels
+
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\r\ndog\n  \n\n")
+    assert read_labels(path, num_classes=2) == ["cat", "dog"]
+    path.write_text("cat\n\ndog\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_labels(path)

@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 def slug(label: str) -> str:
     """A file-name-safe form of a class name: ``"Egyptian cat"`` -> ``"egyptian-cat"``."""
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "class"
+    name = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "class"
+    # "<stem>_<rank>_grid.png" is the grid of the image "<stem>_<rank>": never an overlay name
+    return "grid-class" if name == "grid" else name
 
 
 def output_paths(out: Path, stem: str, labels: Sequence[str]) -> tuple[list[Path], Path, Path]:
@@ -139,7 +141,7 @@ def existing_outputs(out: Path, stem: str, count: int, *, npz: bool = False) -> 
     """
     if not out.is_dir():
         return []
-    pattern = re.compile(rf"{re.escape(stem)}_(\d+)_[a-z0-9-]+\.png")
+    pattern = re.compile(rf"{re.escape(stem)}_(\d+)_(?!grid\.png$)[a-z0-9-]+\.png")
     found = sorted(p for p in out.iterdir()
                    if (m := pattern.fullmatch(p.name)) and 1 <= int(m.group(1)) <= count)
     _, grid_path, npz_path = output_paths(out, stem, [])
