@@ -140,6 +140,5 @@ def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
     from .tiling import needs_tiling, tiled_forward
 
     if max_memory is not None or needs_tiling(fcn, x):  # None: tiles only what does not fit
-        logits = tiled_forward(fcn, x, max_memory=max_memory, progress=progress)
-        return logits.float().cpu().contiguous()
+        return tiled_forward(fcn, x, max_memory=max_memory, progress=progress)
     return fcn(x).float().cpu().contiguous()

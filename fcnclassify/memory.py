@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 
 import torch
 import torch.fx as fx
@@ -98,10 +99,11 @@ def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 
     if height < 1 or width < 1 or batch < 1:
         raise ValueError(f"expected a positive size and batch but got {size} x {batch}")
     gm = _graph(fcn)
-    weights = next(fcn.parameters()).dtype
+    param = next(fcn.parameters())
+    weights = param.dtype
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with torch.no_grad(), fake_mode:
-        x = torch.empty(batch, 3, height, width, dtype=weights)
+        x = torch.empty(batch, 3, height, width, dtype=weights, device=param.device)
         ShapeProp(gm, fake_mode=fake_mode).propagate(x)
     # every tensor scales with the element size when the network runs in another dtype
     ratio = 1.0 if dtype is None else _itemsize(dtype) / _itemsize(weights)
@@ -119,27 +121,23 @@ def bytes_per_pixel(fcn: FullyConvNet, *, dtype: torch.dtype | None = None) -> f
     :func:`activation_memory` on large inputs without replaying the graph; cached per network.
     """
     dtype = next(fcn.parameters()).dtype if dtype is None else dtype
-    key = (id(fcn), dtype)
-    if key not in _PER_PIXEL or _PER_PIXEL[key][0] is not fcn:
+    per_dtype = _PER_PIXEL.setdefault(fcn, {})
+    if dtype not in per_dtype:
         side = max(1024, fcn.geometry.min_input)
-        _PER_PIXEL[key] = (fcn, activation_memory(fcn, (side, side), dtype=dtype) / side**2)
-    return _PER_PIXEL[key][1]
+        per_dtype[dtype] = activation_memory(fcn, (side, side), dtype=dtype) / side**2
+    return per_dtype[dtype]
 
 
-_PER_PIXEL: dict[tuple[int, torch.dtype], tuple[FullyConvNet, float]] = {}
-_GRAPHS: dict[int, tuple[FullyConvNet, fx.GraphModule]] = {}
+# per network object, dropped with it (a network copied per device or dtype must not leak)
+_PER_PIXEL: weakref.WeakKeyDictionary[FullyConvNet, dict[torch.dtype, float]] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[FullyConvNet, fx.GraphModule] = weakref.WeakKeyDictionary()
 
 
 def _graph(fcn: FullyConvNet) -> fx.GraphModule:
     """``fcn`` as one traced graph (body then head), cached per network object."""
-    cached = _GRAPHS.get(id(fcn))
-    if cached is not None and cached[0] is fcn:
-        return cached[1]
-    gm = _fx.trace(nn.Sequential(fcn.body, fcn.head))
-    if len(_GRAPHS) > 16:
-        _GRAPHS.clear()
-    _GRAPHS[id(fcn)] = (fcn, gm)
-    return gm
+    if fcn not in _GRAPHS:
+        _GRAPHS[fcn] = _fx.trace(nn.Sequential(fcn.body, fcn.head))
+    return _GRAPHS[fcn]
 
 
 def _peak_live_bytes(gm: fx.GraphModule) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,16 +137,17 @@ def predict(
     size = tuple(rgb.shape[:2])
     maps: list[ScoreMap] = []
     quiet = None if progress is None else not progress  # tqdm: None = only on a terminal
+    tiles_bar = sys.stderr.isatty() if progress is None else progress
     for scale in tqdm(scales, desc="scales", unit="scale", disable=quiet, leave=False):
         target = scaled_size(size, scale)
         resized = rgb if target == size else resize(rgb, target)
         x = model.normalization(resized)
         if stride_factor > 1:
             evaluated = stitched_evaluate(fcn, x, factor=stride_factor, flip=flip, device=device,
-                                          dtype=dtype, max_memory=max_memory)[0]
+                                          dtype=dtype, max_memory=max_memory)[0]  # no tile bar
         else:
             evaluated = dense_evaluate(fcn, x, flip=flip, device=device, dtype=dtype, pad=True,
-                                       max_memory=max_memory, progress=bool(progress))[0]
+                                       max_memory=max_memory, progress=tiles_bar)[0]
         for m in evaluated:
             maps.append(ScoreMap(m.logits, m.geometry, size, m.input_size, m.flipped))
     probabilities = fuse(maps, pool=pool, over=over)

@@ -102,7 +102,7 @@ def plan_tiles(geometry: Geometry, size: tuple[int, int], tile: tuple[int, int])
 
 def _axis_plan(geometry: Geometry, n: int, cells: int) -> list[tuple[range, tuple[int, int], int]]:
     """Along one axis: ``(cells owned, input crop, map index of the crop's cell 0)`` per tile."""
-    total = geometry._out(n)
+    total = geometry.output_size(n, n)[0]
     plan = []
     for start in range(0, total, cells):
         stop = min(start + cells, total)
@@ -151,7 +151,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
 
 def _crop_len(geometry: Geometry, cells: int, n: int) -> int:
     """The longest crop, in input pixels, of a tile of ``cells`` cells on an axis of ``n`` pixels."""
-    total = geometry._out(n)
+    total = geometry.output_size(n, n)[0]
     if cells >= total:
         return n
     lo, hi = _crop(geometry, total // 2, total // 2 + cells, n)  # an inner tile: halo on both sides
