@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -99,9 +100,16 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return out
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a weights file into ``module`` (strict), with one clear line on any mismatch."""
-    state = load_state_dict(path)
+def load_weights(module: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                 name: str | None = None) -> nn.Module:
+    """Load a weights file, or a state dict already read from one, into ``module`` (strict).
+
+    Any key or shape mismatch is one clear line that starts with ``name`` (default: the path).
+    """
+    if isinstance(source, Mapping):
+        state, path = source, name or "state dict"
+    else:
+        state, path = load_state_dict(source), name or source
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

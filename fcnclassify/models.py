@@ -263,8 +263,8 @@ def _default_state_dict(name: str, *, progress: bool) -> dict[str, torch.Tensor]
 def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels,
                 input_size: int) -> LoadedModel:
     """A model from a local weights file: a converted file, or a state dict of the original."""
-    meta = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
-    state = load_state_dict(path)
+    state = load_state_dict(path)  # read once; the weights below are loaded from this dict
+    meta = read_metadata(path)
     if meta.get("format") == FORMAT or (state and all(k.startswith(("body.", "head."))
                                                       for k in state)):
         return _load_converted(name, path, meta, state, num_classes=num_classes, labels=labels,
@@ -273,8 +273,7 @@ def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels
     _check_name(name)
     if num_classes is None:
         num_classes = _head_classes(name, state, path)
-    del state
-    original = load_weights(_empty(name, num_classes), path)  # every tensor is overwritten
+    original = load_weights(_empty(name, num_classes), state, name=str(path))  # all overwritten
     return _finish(name, original, str(path), labels=labels, input_size=input_size)
 
 
@@ -313,7 +312,7 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
     input_size = int(meta.get("input_size", input_size))
     original = _empty(name, classes)
     fcn = convert(original, input_size=input_size)
-    load_weights(fcn, path)
+    load_weights(fcn, state, name=str(path))
     restore_original(original, fcn)
     norm = meta.get("normalization")
     normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"])) if norm else None
