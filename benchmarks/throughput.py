@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"batches of {args.batch_size}, parallel decoding": dict(workers=args.workers,
                                                                          batch_size=args.batch_size)}
         reference = None
+        # warm-up: oneDNN primitives and thread pools, so the first configuration is not penalised
+        for _ in dense_maps(model.fcn, paths[:2], normalize=model.normalization, batch_size=1):
+            pass
         for name, options in runs.items():
             t0 = time.perf_counter()
             maps = [m[0].logits for _, _, m in dense_maps(model.fcn, paths, normalize=model.normalization,
