@@ -16,19 +16,16 @@ per class, once all images are done.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..images import ImageError, list_images, write_image
+from ..images import write_image
 from ..render import COLORMAPS, grid, overlay
-from ._options import (add_evaluation_options, add_model_options, evaluation_kwargs, load_from_args,
-                       show_progress)
+from ._options import add_evaluation_options, add_model_options, load_from_args
 
 if TYPE_CHECKING:
     from ..predict import Prediction
@@ -61,26 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..dense import resolve_device, resolve_dtype
-    from ..pipeline import iter_images
-    from ..predict import predict
+    from ._loop import ImageLoop
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"expected --alpha in [0, 1] but got {args.alpha}")
-    paths, failures = _existing(args.images)
-    if not paths:
-        if not failures:
-            raise ValueError(f"expected image files but found none in {' '.join(args.images)}")
+    loop = ImageLoop("heatmap", args.images)
+    if not loop.paths:
         return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"expected --out to be a folder but {out} is a file")
-    _check_unique_stems(paths)
+    _check_unique_stems(loop.paths)
     count = len(args.classes) if args.classes else args.topk
     if not args.force:
-        for path in paths:
+        for path in loop.paths:
             existing = existing_outputs(out, path.stem, count, npz=args.save_npz)
             if existing:
                 raise FileExistsError(f"{existing[0]}: already exists (pass --force to overwrite it)")
@@ -88,22 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_from_args(args)
     classes = [model.class_index(c) for c in args.classes] if args.classes else None
-    options = evaluation_kwargs(args)
     documents = []
-    progress = tqdm(iter_images(paths, max_pixels=args.max_pixels), total=len(paths), unit="image",
-                    disable=not show_progress(args))
-    for path, image in progress:
-        if isinstance(image, ImageError):
-            _report(image)
-            failures += 1
-            continue
-        try:
-            prediction = predict(model, image, **options)
-        except ValueError as err:  # e.g. an image smaller than one window
-            _report(err if str(err).startswith(str(path)) else f"{path}: {err}")
-            failures += 1
-            continue
-        prediction.path = str(path)
+    for path, _, prediction in loop.predictions(model, args):
         chosen = classes or [index for index, _, _ in prediction.topk(args.topk)]
         out.mkdir(parents=True, exist_ok=True)
         files = write_outputs(prediction, chosen, out, path.stem, alpha=args.alpha,
@@ -111,13 +89,9 @@ def run(args: argparse.Namespace) -> int:
         document = describe(prediction, chosen, files)
         documents.append(document)
         if not args.json:
-            _print_summary(document, progress)
-    if args.json and documents:  # the same document as `fcnclassify classify --json`, with peaks
-        print(json.dumps({
-            "model": model.name, "weights": model.weights, "scales": list(args.scales),
-            "flip": args.flip, "pool": args.pool, "over": args.over, "images": documents,
-        }, indent=2))
-    return 2 if failures else 0
+            loop.write(_summary(document))
+    # the same document as `fcnclassify classify --json`, with peaks
+    return loop.finish(model, args, documents)
 
 
 def slug(label: str) -> str:
@@ -244,7 +218,7 @@ def describe(prediction: Prediction, classes: Sequence[int], files: dict | None 
     return document
 
 
-def _print_summary(document: dict, progress) -> None:
+def _summary(document: dict) -> str:
     lines = [f"{document['image']}  {document['width']}x{document['height']}  "
              f"map {document['map_size'][0]}x{document['map_size'][1]}"]
     for rank, entry in enumerate(document["classes"], 1):
@@ -252,23 +226,7 @@ def _print_summary(document: dict, progress) -> None:
         lines.append(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  peak {peak['score']:.3f} "
                      f"at ({peak['x']:.0f}, {peak['y']:.0f})  -> {entry.get('overlay', '')}")
     lines.append(f"  grid -> {document['grid']}")
-    progress.write("\n".join(lines), file=sys.stdout)
-
-
-def _report(message) -> None:
-    print(f"fcnclassify heatmap: error: {message}", file=sys.stderr)
-
-
-def _existing(items: Sequence[str]) -> tuple[list[Path], int]:
-    """Image files from files and folders; a missing path is reported and counted, as classify does."""
-    paths, missing = [], 0
-    for item in items:
-        try:
-            paths += list_images([item])
-        except ImageError as err:
-            _report(err)
-            missing += 1
-    return paths, missing
+    return "\n".join(lines)
 
 
 def _check_unique_stems(paths: Sequence[Path]) -> None:

@@ -1,0 +1,77 @@
+"""The image loop that ``classify`` and ``heatmap`` share: paths, decoding, prediction, errors.
+
+A path or image that fails is reported on one stderr line and counted; the others go on, and the
+command exits 2 at the end if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..images import ImageError, list_images
+from ._options import evaluation_kwargs, show_progress
+
+
+class ImageLoop:
+    """Predictions for the image arguments of a command, one clear line for each failure."""
+
+    def __init__(self, command: str, items: list[str]) -> None:
+        self.command = command
+        self.failures = 0
+        self.paths: list[Path] = []
+        for item in items:
+            try:
+                self.paths += list_images([item])
+            except ImageError as e:
+                self.report(e)
+        if not self.paths and not self.failures:
+            raise ValueError(f"expected image files but found none in {' '.join(items)}")
+        self._progress = None
+
+    def report(self, message) -> None:
+        print(f"fcnclassify {self.command}: error: {message}", file=sys.stderr)
+        self.failures += 1
+
+    def predictions(self, model, args: argparse.Namespace) -> Iterator[tuple[Path, np.ndarray, object]]:
+        """``(path, image, prediction)`` in input order; decoding runs ahead in threads."""
+        from tqdm.auto import tqdm
+
+        from ..pipeline import iter_images
+        from ..predict import predict
+
+        options = evaluation_kwargs(args)
+        self._progress = tqdm(iter_images(self.paths, max_pixels=args.max_pixels),
+                              total=len(self.paths), unit="image", disable=not show_progress(args))
+        for path, image in self._progress:
+            if isinstance(image, ImageError):
+                self.report(image)
+                continue
+            try:
+                prediction = predict(model, image, **options)
+            except ValueError as e:  # e.g. an image smaller than one window
+                self.report(e if str(e).startswith(str(path)) else f"{path}: {e}")
+                continue
+            prediction.path = str(path)
+            yield path, image, prediction
+
+    def write(self, text: str) -> None:
+        """Print to stdout without breaking the progress bar."""
+        if self._progress is not None:
+            self._progress.write(text, file=sys.stdout)
+        else:
+            print(text)
+
+    def finish(self, model, args: argparse.Namespace, documents: list[dict]) -> int:
+        """Print the JSON document if asked (only images that worked); the exit code."""
+        if args.json and documents:
+            print(json.dumps({
+                "model": model.name, "weights": model.weights, "scales": list(args.scales),
+                "flip": args.flip, "pool": args.pool, "over": args.over, "images": documents,
+            }, indent=2))
+        return 2 if self.failures else 0
