@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import randomize
+from conftest import build
 from fcnclassify.cli import main
 from fcnclassify.commands.convert import default_output
 from fcnclassify.convert import convert
@@ -24,19 +24,13 @@ from fcnclassify.summary import layer_table
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def seeded_alexnet(*, num_classes: int = 1000, seed: int = 0) -> nn.Module:
-    with torch.device("meta"):
-        model = torchvision.models.alexnet(num_classes=num_classes)
-    return randomize(model.to_empty(device="cpu"), seed=seed)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A seeded AlexNet checkpoint, a 3-class fine-tuned one with labels, and test images."""
     root = tmp_path_factory.mktemp("cli")
-    model = seeded_alexnet(seed=5)
+    model = build(torchvision.models.alexnet, 5)
     torch.save(model.state_dict(), root / "alexnet.pth")
-    three = seeded_alexnet(num_classes=3, seed=6)
+    three = build(torchvision.models.alexnet, 6, num_classes=3)
     torch.save({"model": three.state_dict()}, root / "alexnet3.pth")
     (root / "labels.txt").write_text("cat\ndog\nbird\n")
     rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)

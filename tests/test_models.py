@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import randomize
+from conftest import build, randomize
 from fcnclassify import models
 from fcnclassify.models import (IMAGENET, LITE, available_models, build_original,
                                 load_model)
@@ -23,17 +23,10 @@ REGISTRY = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def seeded_alexnet(*, num_classes: int = 1000, seed: int = 0) -> nn.Module:
-    """torchvision's AlexNet with seeded weights (built on the meta device: no default init)."""
-    with torch.device("meta"):
-        model = torchvision.models.alexnet(num_classes=num_classes)
-    return randomize(model.to_empty(device="cpu"), seed=seed)
-
-
 @pytest.fixture(scope="module")
 def alexnet3(tmp_path_factory):
     """A fine-tuned AlexNet with a 3-class head, seeded, saved as a wrapped torchvision state dict."""
-    model = seeded_alexnet(num_classes=3, seed=3)
+    model = build(torchvision.models.alexnet, 3, num_classes=3)
     path = tmp_path_factory.mktemp("ckpt") / "alexnet3.pth"
     torch.save({"state_dict": model.state_dict()}, path)
     return model, path
@@ -86,7 +79,7 @@ def test_normalization_by_hand():
 
 
 def test_torchvision_state_dict_loads_exactly(tmp_path):
-    model = seeded_alexnet(seed=1)
+    model = build(torchvision.models.alexnet, 1)
     path = tmp_path / "alexnet.pth"
     torch.save(model.state_dict(), path)
     loaded = load_model("alexnet", weights=path)
@@ -170,7 +163,7 @@ def test_download_failure_is_fast_and_says_what_to_do(offline):
 
 
 def test_cached_weights_work_offline(offline):
-    model = seeded_alexnet(seed=2)
+    model = build(torchvision.models.alexnet, 2)
     url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
     cache = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     cache.parent.mkdir(parents=True)
