@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class ScoreMap:
     image_size: tuple[int, int]
     input_size: tuple[int, int]
     flipped: bool = False
+    _probabilities: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -42,8 +43,11 @@ class ScoreMap:
         return tuple(self.logits.shape[-2:])
 
     def probabilities(self) -> torch.Tensor:
-        """Per-cell softmax over classes, ``(classes, h, w)``."""
-        return self.logits.float().softmax(0)
+        """Per-cell softmax over classes, ``(classes, h, w)``; computed once (heatmaps and peaks of
+        several classes all need it)."""
+        if self._probabilities is None:
+            self._probabilities = self.logits.float().softmax(0)
+        return self._probabilities
 
     def centers(self) -> tuple[np.ndarray, np.ndarray]:
         """Continuous coordinates of the cell centres in the original image: ``(ys (h,), xs (w,))``."""

@@ -135,3 +135,16 @@ def test_protocols_on_a_small_model_against_torchvision_views(rng):
     ref = (mean_softmax([xs]) + mean_softmax([xs.flip(-1)])) / 2
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     assert np.isclose(float(got.sum()), 1.0)
+
+
+def test_missing_data_fails_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import fcnclassify.commands._options as options
+
+    def no_model(args):
+        raise AssertionError("the data must be checked before any model is loaded")
+
+    monkeypatch.setattr(options, "load_from_args", no_model)
+    monkeypatch.setattr("fcnclassify.commands.evaluate.load_from_args", no_model, raising=False)
+    code = main(["evaluate", str(tmp_path / "nowhere"), "--model", "vgg16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "nowhere: no such folder or CSV file" in err

@@ -7,6 +7,7 @@ file of ``path,label`` rows. See :mod:`fcnclassify.evaluation` for the protocols
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 
 from ..evaluation import PROTOCOLS, default_sizes, evaluate, read_samples
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.data).exists():  # before a model download
+        raise ValueError(f"{args.data}: no such folder or CSV file")
     model = load_from_args(args)
     samples = read_samples(args.data, model)
     if args.limit:
