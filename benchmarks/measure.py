@@ -43,7 +43,7 @@ def time_median(fn: Callable[[], object], *, device: torch.device, repeats: int 
 
 def count_flops(module: nn.Module, shape: tuple[int, ...]) -> int:
     """FLOPs (2 per multiply-add) of one forward pass of ``module`` on an input of ``shape``."""
-    meta = copy.deepcopy(module).to("meta")
+    meta = copy.deepcopy(module).float().to("meta")  # FLOPs do not depend on the dtype
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta(torch.empty(shape, device="meta"))
     return int(counter.get_total_flops())

@@ -198,8 +198,7 @@ def run_config(name, model, *, device, width, height, dtype, layout, repeats, wa
     row.update(crop_per_crop_s=per_crop, crop_timed=int(sum(len(b) for b in batches[1:]) or len(picks)),
                crop_batch=batch_size, crop_s=per_crop * cells,
                crop_extrapolated=cells > len(picks))
-    row["dense_flops"] = measure.count_flops(fcn.float().to(memory_format=torch.contiguous_format).cpu(),
-                                             (1, 3, height, width))
+    row["dense_flops"] = measure.count_flops(fcn, (1, 3, height, width))
     row["crop_flops"] = cells * measure.count_flops(model, (1, 3, window, window))
     row["flop_ratio"] = row["crop_flops"] / row["dense_flops"]
     row["speedup"] = row["crop_s"] / row["dense_s"]

@@ -98,16 +98,21 @@ def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 
     height, width = size
     if height < 1 or width < 1 or batch < 1:
         raise ValueError(f"expected a positive size and batch but got {size} x {batch}")
-    gm = _graph(fcn)
     param = next(fcn.parameters())
     weights = param.dtype
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with torch.no_grad(), fake_mode:
-        x = torch.empty(batch, 3, height, width, dtype=weights, device=param.device)
-        ShapeProp(gm, fake_mode=fake_mode).propagate(x)
+    # tile searches ask for the same crops again and again (per scale, flip, batch): replay once
+    key = (height, width, batch, weights, param.device)
+    cache = _ESTIMATES.setdefault(fcn, {})
+    if key not in cache:
+        gm = _graph(fcn)
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        with torch.no_grad(), fake_mode:
+            x = torch.empty(batch, 3, height, width, dtype=weights, device=param.device)
+            ShapeProp(gm, fake_mode=fake_mode).propagate(x)
+        cache[key] = _peak_live_bytes(gm)
     # every tensor scales with the element size when the network runs in another dtype
     ratio = 1.0 if dtype is None else _itemsize(dtype) / _itemsize(weights)
-    return int(_peak_live_bytes(gm) * ratio * SAFETY)
+    return int(cache[key] * ratio * SAFETY)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -131,6 +136,7 @@ def bytes_per_pixel(fcn: FullyConvNet, *, dtype: torch.dtype | None = None) -> f
 # per network object, dropped with it (a network copied per device or dtype must not leak)
 _PER_PIXEL: weakref.WeakKeyDictionary[FullyConvNet, dict[torch.dtype, float]] = weakref.WeakKeyDictionary()
 _GRAPHS: weakref.WeakKeyDictionary[FullyConvNet, fx.GraphModule] = weakref.WeakKeyDictionary()
+_ESTIMATES: weakref.WeakKeyDictionary[FullyConvNet, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
 def _graph(fcn: FullyConvNet) -> fx.GraphModule:
