@@ -40,8 +40,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable weights file ({reason[:200]})") from e
-    except Exception as e:  # pickle.UnpicklingError for files that would run code
-        raise ValueError(f"{path}: refused, it is not a plain weights file ({type(e).__name__})") from e
+    except Exception as e:  # pickle errors, KeyError etc. for files that are not checkpoints
+        if "unsupported global" in str(e).lower():  # a class or function the file would import
+            raise ValueError(f"{path}: refused: it holds objects other than tensors, which could run "
+                             "code when loaded (torch.load weights_only=True)") from e
+        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__})") from e
     for key in _WRAPPERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -231,9 +231,12 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"w": Evil()}, path)
-    with pytest.raises(ValueError, match="evil.pth"):
+    with pytest.raises(ValueError, match="evil.pth: refused: it holds objects other than tensors"):
         load_state_dict(path)
     assert not marker.exists()
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pth: not a readable weights file"):
+        load_state_dict(tmp_path / "notes.pth")
 
 
 def test_wrong_shape_weights(tmp_path):
