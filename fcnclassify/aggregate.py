@@ -65,9 +65,21 @@ def fuse(maps: Sequence[ScoreMap], *, pool: Pool = "avg", over: Over = "logits")
 
 
 def fuse_heatmaps(maps: Sequence[ScoreMap], classes: Sequence[int], *,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Per-pixel class probabilities ``(len(classes), H, W)`` averaged over maps on the image grid."""
+                  size: tuple[int, int] | None = None, reduce: Pool = "max") -> torch.Tensor:
+    """Per-window class probabilities ``(len(classes), H, W)`` of several maps on one image grid.
+
+    Each map puts every window's probability at the window's centre and interpolates bilinearly
+    in between (:meth:`ScoreMap.to_image_grid`); the maps are then fused per pixel by their
+    maximum (default) or their mean. The maximum keeps a value the probability of one window:
+    across a pyramid each object lights up at the scales where it fills a window, and the finer
+    and coarser levels, which see parts of it or much around it, do not dilute it.
+    """
     if not maps:
         raise ValueError("expected at least one score map")
-    grids = [m.to_image_grid(list(classes), size=size) for m in maps]
-    return torch.stack(grids).mean(0)
+    if reduce not in ("avg", "max"):
+        raise ValueError(f"expected reduce 'avg' or 'max' but got {reduce!r}")
+    out = None
+    for m in maps:  # one grid at a time: a pyramid of full-resolution grids would not fit
+        g = m.to_image_grid(list(classes), size=size)
+        out = g if out is None else (torch.maximum(out, g) if reduce == "max" else out.add_(g))
+    return out if reduce == "max" else out / len(maps)

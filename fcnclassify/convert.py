@@ -6,11 +6,18 @@ torchvision models, fine-tuned heads and hand-written VGG-style modules convert 
 * ``flatten(C x k x k) -> Linear`` (VGG, AlexNet): the first Linear becomes a ``k x k`` convolution,
   the following Linears ``1 x 1`` convolutions, and the head slides over the feature map with the
   stride of the features (kind ``"fc"``).
-* ``global pool -> Linear`` (ResNet, MobileNetV2, EfficientNet, DenseNet): the Linear becomes a
-  ``1 x 1`` convolution applied *before* the pooling; the map is the class activation map and its
-  spatial mean equals the original logits at any input size (kind ``"pooled_linear"``).
-* ``global pool -> MLP`` (MobileNetV3): the whole MLP slides per cell (kind ``"pooled_mlp"``); the
-  spatial mean of the map no longer equals the original output, because the MLP is not linear.
+* ``global pool -> Linear`` (ResNet, MobileNetV2, EfficientNet, DenseNet; kind ``"pooled_linear"``)
+  and ``global pool -> MLP`` (MobileNetV3; kind ``"pooled_mlp"``): the global pooling becomes a pooling
+  of the feature map over the canonical window (``7 x 7`` cells at stride 1 for a 224 model with
+  stride 32, as timm's ``TestTimePoolHead``), and the Linear layers ``1 x 1`` convolutions after it.
+  Each cell is then the original classifier on the ``input_size`` window ``geometry.box(i, j)``: the
+  same features pooled over the same cells, up to the context beyond the window's borders that the
+  dense pass sees (zero padding in a crop, real pixels here). This is ``cells="window"``, the default.
+
+  ``cells="activation"`` keeps the raw class activation map instead (pooled-Linear heads only: the
+  Linear as a ``1 x 1`` convolution before any pooling): each cell stands for one stride-sized tile,
+  and the spatial mean of the map equals the original logits at any input size. For an MLP head the
+  MLP then slides per cell, which does not average to the original output (the MLP is not linear).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .geometry import Geometry
 __all__ = ["FullyConvNet", "convert"]
 
 HeadKind = Literal["fc", "pooled_linear", "pooled_mlp"]
+Cells = Literal["window", "activation"]
 
 _ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -56,20 +64,23 @@ class FullyConvNet(nn.Module):
             original model).
         head: the converted head, convolutions only.
         kind: ``"fc"``, ``"pooled_linear"`` or ``"pooled_mlp"`` (see the module docstring).
+        cells: ``"window"`` (every cell is one ``input_size`` window of the image) or
+            ``"activation"`` (a pooled head's class activation map: one stride-sized tile a cell).
         pool: the original model's pooling before its head, ``"avg"``, ``"max"`` or None.
         input_size: the canonical input side the model was trained on.
         geometry: where each cell sits in the input (:class:`~fcnclassify.geometry.Geometry`).
     """
 
     def __init__(self, body: nn.Module, head: nn.Sequential, *, kind: HeadKind,
-                 pool: str | None, input_size: int) -> None:
+                 pool: str | None, input_size: int, cells: Cells = "window") -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.kind = kind
+        self.cells = cells
         self.pool = pool
         self.input_size = input_size
-        self.geometry = _geometry(self, kind=kind, input_size=input_size)
+        self.geometry = _geometry(self, cells=cells, input_size=input_size)
 
     @property
     def num_classes(self) -> int:
@@ -87,18 +98,22 @@ class FullyConvNet(nn.Module):
 
     def extra_repr(self) -> str:
         g = self.geometry
-        return (f"kind={self.kind!r}, window={g.window}, stride={g.stride}, "
+        return (f"kind={self.kind!r}, cells={self.cells!r}, window={g.window}, stride={g.stride}, "
                 f"receptive_field={g.receptive_field}")
 
 
-def convert(model: nn.Module, *, input_size: int = 224) -> FullyConvNet:
+def convert(model: nn.Module, *, input_size: int = 224, cells: Cells = "window") -> FullyConvNet:
     """Convert ``model`` into a :class:`FullyConvNet` with the same weights.
 
     Args:
         model: a classifier taking ``(N, 3, input_size, input_size)`` images; it is copied, not
             modified.
         input_size: the canonical input side; fixes the kernel of the first converted Linear
-            (7 for VGG at 224, 6 for AlexNet) and the window of a cell.
+            (7 for VGG at 224, 6 for AlexNet), the pooling window of a pooled head, and the window
+            of a cell.
+        cells: for a globally pooled head, ``"window"`` (default: every cell is the classifier on
+            one ``input_size`` window) or ``"activation"`` (the class activation map; see the
+            module docstring). A fully-connected head always gives windows.
 
     Returns:
         The fully-convolutional network, in eval mode.
@@ -106,6 +121,8 @@ def convert(model: nn.Module, *, input_size: int = 224) -> FullyConvNet:
     Raises:
         ValueError: naming the module and the reason when the model cannot be converted.
     """
+    if cells not in ("window", "activation"):
+        raise ValueError(f"expected cells 'window' or 'activation' but got {cells!r}")
     model = copy.deepcopy(model).eval()
     gm = _fx.trace(model)
     _fx.propagate_shapes(gm, input_size)
@@ -119,7 +136,10 @@ def convert(model: nn.Module, *, input_size: int = 224) -> FullyConvNet:
         kernel, pool_kind = (1, 1), _pool_kind(gm, pool)
         linears = sum(isinstance(m, nn.Linear) for _, m in chain)
         kind: HeadKind = "pooled_linear" if linears == 1 else "pooled_mlp"
+        if cells == "window":  # the global pooling, over one canonical window at stride 1
+            pre.append(nn.AvgPool2d((fh, fw), 1) if pool_kind == "avg" else nn.MaxPool2d((fh, fw), 1))
     else:
+        cells = "window"
         pool_kind = None
         kind = "fc"
         kernel = (fh, fw)
@@ -131,7 +151,7 @@ def convert(model: nn.Module, *, input_size: int = 224) -> FullyConvNet:
     head = _convert_chain(gm, chain, channels, kernel)
     body = _fx.truncate(gm, feature)
     return FullyConvNet(body, nn.Sequential(*pre, *head), kind=kind, pool=pool_kind,
-                        input_size=input_size).eval()
+                        input_size=input_size, cells=cells).eval()
 
 
 def _find_flatten(gm: fx.GraphModule) -> fx.Node:
@@ -321,13 +341,13 @@ def batchnorm1d_to_2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
     return out.eval()
 
 
-def _geometry(net: FullyConvNet, *, kind: HeadKind, input_size: int) -> Geometry:
+def _geometry(net: FullyConvNet, *, cells: Cells, input_size: int) -> Geometry:
     """The grid of the body (from its traced graph, shapes recorded) followed by the head's layers."""
     rows, cols = (_head_grid(net.head, _fx.walk_grid(net.body, axis), axis) for axis in (0, 1))
     if (rows.jump, rows.center, rows.rf) != (cols.jump, cols.center, cols.rf):
         raise ValueError(f"anisotropic networks are not supported: {rows} vs {cols}")
     center = rows.center + 0.5  # pixel index -> continuous coordinate
-    if kind == "fc":
+    if cells == "window":
         # a cell is the original classifier on a crop: the canonical input at a multiple of the stride
         window, offset = input_size, 0
     else:
@@ -339,7 +359,7 @@ def _geometry(net: FullyConvNet, *, kind: HeadKind, input_size: int) -> Geometry
         receptive_field=rows.rf, center=center, size_ops=rows.ops,
         global_context=rows.global_context or cols.global_context,
     )
-    if kind == "fc" and geometry.output_size(input_size, input_size) != (1, 1):
+    if cells == "window" and geometry.output_size(input_size, input_size) != (1, 1):
         raise ValueError(f"the head does not give one cell at {input_size}x{input_size}")
     return geometry
 

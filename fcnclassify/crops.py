@@ -47,8 +47,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .convert import FullyConvNet
-from .dense import prepare, resolve_device, resolve_dtype
+from .dense import prepare, resolve
 from .geometry import Geometry
+from .scales import VGG_SIZES
 from .scoremap import ScoreMap
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
     "multicrop_probabilities", "VGG_SCALES",
 ]
 
-VGG_SCALES = (256, 384, 512)  # the VGG paper's test scales Q (shorter side), Table 5
+VGG_SCALES = VGG_SIZES  # the VGG paper's test scales Q (shorter side), Table 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def crop_window(fcn: FullyConvNet) -> int:
     """Side of the crop that answers for one cell: the cell's window for an ``"fc"`` head, the
     canonical input size for a pooled head (whose own window, one stride, is too small to classify).
     """
-    return fcn.geometry.window if fcn.kind == "fc" else fcn.input_size
+    return fcn.geometry.window if fcn.cells == "window" else fcn.input_size
 
 
 def crop_geometry(geometry: Geometry, window: int) -> Geometry:
@@ -194,8 +195,7 @@ def _batches(model: nn.Module, image: torch.Tensor, boxes: np.ndarray, *, batch_
 def _prepare(model: nn.Module, *, device, dtype, channels_last) -> tuple[nn.Module, torch.device,
                                                                          torch.dtype, bool]:
     """The model on ``device`` in ``dtype`` (a copy when either differs), via dense.prepare."""
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    device, dtype = resolve(device, dtype)
     model, nhwc = prepare(model, device=device, dtype=dtype, channels_last=channels_last)
     return model, device, dtype, nhwc
 

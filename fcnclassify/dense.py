@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .convert import FullyConvNet
+from .geometry import Geometry
+from .scales import scale_factors
 from .scoremap import ScoreMap
 
-__all__ = ["dense_evaluate", "resolve_device", "resolve_dtype", "prepare"]
+__all__ = ["dense_evaluate", "resolve", "resolve_device", "resolve_dtype", "prepare", "rescale"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -59,33 +62,55 @@ def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
     return fcn, channels_last
 
 
+def resolve(device: str | torch.device | None = None,
+            dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` from the user's words: the one place both are decided."""
+    device = resolve_device(device)
+    return device, resolve_dtype(dtype, device)
+
+
 def dense_evaluate(
     fcn: FullyConvNet,
     images: torch.Tensor,
     *,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] | None = None,
+    sizes: Sequence[int] | None = None,
     flip: bool = False,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     channels_last: bool | None = None,
     pad: bool = False,
     max_memory: int | None = None,
+    stride_factor: int = 1,
+    method: str = "shift",
     progress: bool = False,
 ) -> list[list[ScoreMap]]:
     """Score maps of a batch of images at every scale, and flipped if asked.
 
+    The one evaluation loop of the package: for each scale the batch is resized once (one rule,
+    :func:`rescale`), then for each flip evaluated by one forward strategy: the whole input, exact
+    tiles within a memory budget (:mod:`fcnclassify.tiling`), or shift-and-stitch / offset pooling
+    for a finer stride (:mod:`fcnclassify.stitch`). :func:`fcnclassify.predict.predict`, the
+    ``dense`` protocol of :mod:`fcnclassify.evaluation` and the commands all come through here.
+
     Args:
         images: normalised images, ``(N, 3, H, W)`` or one ``(3, H, W)``.
-        scales: resize factors; each image is resized (antialiased when shrinking) to
-            ``round(H * s) x round(W * s)``.
+        scales: resize factors; each image is resized to ``round(H * s) x round(W * s)``.
+        sizes: instead of ``scales``, the VGG paper's Q: the shorter side in pixels
+            (:mod:`fcnclassify.scales`). Neither: the images as they are.
         flip: also evaluate the horizontally flipped images (the VGG protocol).
         device: ``"cpu"``, ``"cuda"``, or ``"auto"``/None.
         dtype: float32 (default), bfloat16, or float16 (CUDA only).
         channels_last: NHWC memory format (default on).
         pad: zero-pad (bottom and right) an input smaller than one window instead of raising.
-        max_memory: activation-memory budget in bytes; larger inputs are evaluated in exact tiles
-            (:mod:`fcnclassify.tiling`). None: tiles only an input whose untiled pass would take
-            more than half of the device's available memory.
+        max_memory: activation-memory budget in bytes; larger inputs are evaluated in exact tiles.
+            None: tiles only an input whose untiled pass would take more than half of the
+            device's available memory.
+        stride_factor: ``k > 1`` gives maps at stride ``stride / k`` from ``k * k`` shifted
+            evaluations (:func:`fcnclassify.stitch.shift_and_stitch`).
+        method: with ``stride_factor > 1``, ``"shift"`` (shift-and-stitch, exact) or
+            ``"offset_pool"`` (OverFeat's offset max-pooling, cheaper).
+        progress: progress bars over the passes and the tiles (tqdm, on a terminal).
 
     Returns:
         For each image, its maps: for each scale, the map and then (with ``flip``) the flipped one.
@@ -95,28 +120,69 @@ def dense_evaluate(
         images = images[None]
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W) but got {tuple(images.shape)}")
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    fcn, nhwc = prepare(fcn, device=device, dtype=dtype, channels_last=channels_last)
     height, width = images.shape[-2:]
+    factors = scale_factors((height, width), scales=scales, sizes=sizes)
+    device, dtype = resolve(device, dtype)
+    fcn, nhwc = prepare(fcn, device=device, dtype=dtype, channels_last=channels_last)
+    forward, geometry = _strategy(fcn, stride_factor=stride_factor, method=method, pad=pad,
+                                  channels_last=nhwc, max_memory=max_memory, progress=progress)
+    flips = (False, True) if flip else (False,)
     out: list[list[ScoreMap]] = [[] for _ in range(len(images))]
-    with torch.inference_mode():
-        for scale in scales:
+    bar = tqdm(total=len(factors) * len(flips), desc="passes", unit="pass", leave=False,
+               disable=not progress or len(factors) * len(flips) == 1)
+    with torch.inference_mode(), bar:
+        for scale in factors:
             x = rescale(images.to(device=device, dtype=torch.float32), scale).to(dtype)
             size = tuple(x.shape[-2:])
-            for flipped in (False, True) if flip else (False,):
-                inp = x.flip(-1) if flipped else x
-                logits = run(fcn, inp, pad=pad, channels_last=nhwc, max_memory=max_memory,
-                             progress=progress)
+            for flipped in flips:
+                logits = forward(x.flip(-1) if flipped else x)
                 if flipped:
                     logits = logits.flip(-1)
                 for n in range(len(images)):
-                    out[n].append(ScoreMap(logits[n], fcn.geometry, (height, width), size, flipped))
+                    out[n].append(ScoreMap(logits[n], geometry, (height, width), size, flipped))
+                bar.update()
     return out
 
 
+def _strategy(fcn: FullyConvNet, *, stride_factor: int, method: str, pad: bool,
+              channels_last: bool, max_memory: int | None,
+              progress: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], Geometry]:
+    """The forward pass of one prepared input, and the grid of the maps it gives."""
+    from . import stitch
+
+    if stride_factor == 1:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return run(fcn, x, pad=pad, channels_last=channels_last, max_memory=max_memory,
+                       progress=progress)
+        return forward, fcn.geometry
+    geometry = stitch.stitched_geometry(fcn.geometry, stride_factor)
+    if method == "shift":
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return stitch.shift_and_stitch(fcn, _padded(fcn, x, stride_factor) if pad else x,
+                                           factor=stride_factor, max_memory=max_memory,
+                                           channels_last=channels_last)
+    elif method == "offset_pool":
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            x = _padded(fcn, x, stride_factor) if pad else x
+            return stitch.offset_pooling(fcn, x.contiguous(memory_format=fmt), factor=stride_factor)
+    else:
+        raise ValueError(f"expected method 'shift' or 'offset_pool' but got {method!r}")
+    return forward, geometry
+
+
+def _padded(fcn: FullyConvNet, x: torch.Tensor, factor: int = 1) -> torch.Tensor:
+    """``x`` zero-padded (bottom, right) to the smallest input that gives every shift one cell."""
+    low = fcn.geometry.min_input + (factor - 1) * (fcn.geometry.stride // factor)
+    h, w = x.shape[-2:]
+    if h >= low and w >= low:
+        return x
+    return F.pad(x, (0, max(0, low - w), 0, max(0, low - h)))
+
+
 def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Resize ``(N, C, H, W)`` by ``scale`` (bilinear, antialiased when shrinking)."""
+    """Resize ``(N, C, H, W)`` by ``scale`` to ``round(H * s) x round(W * s)``: the package's one
+    resize rule (bilinear, antialiased when shrinking, as torchvision's ``Resize`` on tensors)."""
     if scale <= 0:
         raise ValueError(f"expected a positive scale but got {scale}")
     if scale == 1.0:
@@ -131,10 +197,8 @@ def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
         channels_last: bool = True, max_memory: int | None = None,
         progress: bool = False) -> torch.Tensor:
     """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch."""
-    low = fcn.geometry.min_input
-    h, w = x.shape[-2:]
-    if pad and (h < low or w < low):
-        x = F.pad(x, (0, max(0, low - w), 0, max(0, low - h)))
+    if pad:
+        x = _padded(fcn, x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     from .tiling import needs_tiling, tiled_forward

@@ -32,6 +32,7 @@ from . import crops as _crops
 from .aggregate import fuse
 from .dense import dense_evaluate, resolve_device, resolve_dtype
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
+from .scales import VGG_SIZES, vgg_sizes
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -147,8 +148,7 @@ def default_sizes(protocol: str, input_size: int = 224) -> tuple[int, ...]:
     """Shorter-side sizes of a protocol: 256 for a single scale, (256, 384, 512) for multi-scale,
     for a 224 model; proportionally for others."""
     _check_protocol(protocol)
-    base = (256,) if protocol in ("center", "10crop") else _crops.VGG_SCALES
-    return tuple(round(q * input_size / 224) for q in base)
+    return vgg_sizes(input_size, (256,) if protocol in ("center", "10crop") else VGG_SIZES)
 
 
 def image_probabilities(
@@ -179,9 +179,8 @@ def image_probabilities(
         out.append(_crops.multicrop_probabilities(
             model.original, _crops.grid_crops(x, sizes=sizes, crop=crop), **kw))
     if protocol in ("dense", "dense+multicrop"):
-        shorter = min(x.shape[-2:])
-        maps = dense_evaluate(model.fcn, x, scales=[q / shorter for q in sizes], flip=True,
-                              device=device, dtype=dtype, pad=True)[0]
+        maps = dense_evaluate(model.fcn, x, sizes=sizes, flip=True, device=device, dtype=dtype,
+                              pad=True)[0]
         out.insert(0, fuse(maps))
     return torch.stack(out).mean(0)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .convert import FullyConvNet
-from .dense import dense_evaluate, prepare, resolve_device, resolve_dtype
+from .dense import dense_evaluate, prepare, resolve
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
 from .scoremap import ScoreMap
 
@@ -115,7 +115,8 @@ def iter_batches(paths: Iterable[str | os.PathLike], *, batch_size: int = 8,
 def dense_maps(fcn: FullyConvNet, paths: Iterable[str | os.PathLike], *,
                normalize: Callable[[np.ndarray], torch.Tensor], batch_size: int = 8,
                workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               scales: Sequence[float] = (1.0,), flip: bool = False,
+               scales: Sequence[float] | None = None, sizes: Sequence[int] | None = None,
+               flip: bool = False,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                max_memory: int | None = None,
                ) -> Iterator[tuple[Path, np.ndarray | ImageError, list[ScoreMap] | None]]:
@@ -128,21 +129,20 @@ def dense_maps(fcn: FullyConvNet, paths: Iterable[str | os.PathLike], *,
             :class:`~fcnclassify.models.Normalization`).
         batch_size: Images of equal size evaluated together.
         workers, max_pixels: As in :func:`iter_images`.
-        scales, flip, device, dtype, max_memory: As in :func:`~fcnclassify.dense.dense_evaluate`;
+        scales, sizes, flip, device, dtype, max_memory: As in :func:`~fcnclassify.dense.dense_evaluate`;
             an image smaller than one window is zero-padded (``pad=True``).
 
     Yields:
         ``(path, image, maps)`` in input order; ``(path, ImageError, None)`` for an unreadable file.
     """
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    device, dtype = resolve(device, dtype)
     fcn, nhwc = prepare(fcn, device=device, dtype=dtype)  # once, not per batch
     for batch in iter_batches(paths, batch_size=batch_size, max_pixels=max_pixels, workers=workers):
         if isinstance(batch[0][1], ImageError):
             yield batch[0][0], batch[0][1], None
             continue
         x = torch.stack([normalize(image) for _, image in batch])
-        maps = dense_evaluate(fcn, x, scales=scales, flip=flip, device=device, dtype=dtype,
+        maps = dense_evaluate(fcn, x, scales=scales, sizes=sizes, flip=flip, device=device, dtype=dtype,
                               channels_last=nhwc, pad=True, max_memory=max_memory)
         for (path, image), image_maps in zip(batch, maps):
             yield path, image, image_maps

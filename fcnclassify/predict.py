@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .aggregate import fuse, fuse_heatmaps
-from .dense import dense_evaluate, resolve_device, resolve_dtype
-from .images import DEFAULT_MAX_PIXELS, read_image, resize, scaled_size
+from .dense import dense_evaluate, resolve
+from .images import DEFAULT_MAX_PIXELS, read_image
 from .models import LoadedModel
+from .scales import pyramid_sizes, scale_factors, vgg_sizes
 from .scoremap import ScoreMap
-from .stitch import stitched_evaluate
 
 __all__ = ["Prediction", "predict"]
 
@@ -30,8 +29,10 @@ class Prediction:
         path: the image file, or None for an array.
         image: the RGB image, ``(H, W, 3)`` uint8, as evaluated (before any rescaling).
         maps: the score maps, for each scale the map and then (with flips) the flipped one; their
-            boxes and centres are in pixels of ``image``.
-        probabilities: ``(classes,)`` fused over the maps (:func:`fcnclassify.aggregate.fuse`).
+            boxes and centres are in pixels of ``image``. Every cell is one window of the image.
+        probabilities: ``(classes,)`` image-level probabilities fused over the maps
+            (:func:`fcnclassify.aggregate.fuse`; by default the VGG protocol: each map's logits
+            averaged over its positions, softmax, then the mean over scales and flips).
         categories: the class names.
     """
 
@@ -46,36 +47,56 @@ class Prediction:
         """``(height, width)`` of the image."""
         return tuple(self.image.shape[:2])
 
-    def topk(self, k: int = 5) -> list[tuple[int, str, float]]:
-        """The ``k`` most probable classes as ``(id, name, probability)``, best first."""
+    def topk(self, k: int = 5, *, by: str = "image") -> list[tuple[int, str, float]]:
+        """The ``k`` best classes as ``(id, name, score)``, best first.
+
+        Args:
+            by: ``"image"``: ranked by the image-level probability (:attr:`probabilities`);
+                ``"window"``: by the probability of each class's best window, at any scale
+                (:meth:`window_scores`): the classes a heatmap has something to show for.
+        """
+        if by not in ("image", "window"):
+            raise ValueError(f"expected by 'image' or 'window' but got {by!r}")
+        scores = self.probabilities if by == "image" else self.window_scores()
         k = min(k, len(self.categories))
-        values, ids = self.probabilities.topk(k)
+        values, ids = scores.topk(k)
         return [(int(i), self.categories[int(i)], float(v)) for v, i in zip(values, ids)]
 
+    def window_scores(self) -> torch.Tensor:
+        """``(classes,)``: each class's highest per-window probability over all maps."""
+        return torch.stack([m.probabilities().flatten(1).amax(1) for m in self.maps]).amax(0)
+
     def heatmap(self, cls: int) -> np.ndarray:
-        """``(H, W)`` float32 probability of class ``cls`` on the image's pixel grid, averaged over
-        the maps (each cell's value at its window's centre, bilinear in between)."""
+        """``(H, W)`` float32 heatmap of class ``cls`` on the image's pixel grid.
+
+        In each map every window's probability sits at the window's centre, bilinear in between
+        (:meth:`ScoreMap.to_image_grid`); the maps are fused by the per-pixel maximum over scales
+        and flips (:func:`fcnclassify.aggregate.fuse_heatmaps`). A value is therefore the
+        probability of one window, the most confident one centred thereabouts at any scale.
+        """
         self._check_class(cls)
         return fuse_heatmaps(self.maps, [cls])[0].numpy().astype(np.float32, copy=False)
 
     def peak(self, cls: int) -> dict:
-        """Where class ``cls`` scores highest: the cell of the finest unflipped map with the highest
-        probability.
+        """The window, over all maps, in which class ``cls`` is most probable.
 
         Returns:
-            ``{"x", "y", "box": [x0, y0, x1, y1], "score"}``: the centre of the cell's window and the
-            window (half-open, clipped to the image) in image pixels, and the cell's probability.
+            ``{"x", "y", "box": [x0, y0, x1, y1], "score", "size", "scale", "flipped"}``: the
+            centre of the window and the window itself (half-open, clipped to the image) in image
+            pixels, the window's probability, the shorter side ``size`` (the VGG paper's Q) and the
+            resize factor ``scale`` of the map that holds it, and whether that map was flipped.
+            The centre is the clipped window's, so it lies inside the image.
         """
         self._check_class(cls)
-        plain = [m for m in self.maps if not m.flipped] or self.maps
-        finest = max(plain, key=lambda m: m.scale[0] * m.scale[1])
-        i, j, score = finest.peak(cls)
-        ys, xs = finest.centers()
+        best = max(self.maps, key=lambda m: m.peak(cls)[2])
+        i, j, score = best.peak(cls)
         height, width = self.image_size
-        x0, y0, x1, y1 = finest.box(i, j)
+        x0, y0, x1, y1 = best.box(i, j)
         box = [max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)]
-        return {"x": float(xs[j]), "y": float(ys[i]), "box": [round(v, 2) for v in box],
-                "score": score}
+        return {"x": (box[0] + box[2]) / 2, "y": (box[1] + box[3]) / 2,
+                "box": [round(v, 2) for v in box], "score": score,
+                "size": min(best.input_size), "scale": round(min(best.scale), 6),
+                "flipped": best.flipped}
 
     def _check_class(self, cls: int) -> None:
         if not 0 <= int(cls) < len(self.categories):
@@ -86,8 +107,9 @@ def predict(
     model: LoadedModel,
     image: str | os.PathLike | np.ndarray,
     *,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
+    sizes: Sequence[int] | str | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool = True,
     pool: str = "avg",
     over: str = "logits",
     device: str | torch.device | None = None,
@@ -99,30 +121,36 @@ def predict(
 ) -> Prediction:
     """Evaluate ``model`` densely on one image at several scales and fuse the maps.
 
-    Each scale resizes the image (area averaging when shrinking) to ``round(H * s) x round(W * s)``;
-    an input smaller than one window is zero-padded. The score maps keep the original image size,
-    so their boxes are in pixels of the original image.
+    The defaults are the VGG paper's dense protocol: the image resized to shorter sides Q = 256,
+    384 and 512 (for a 224 network; :func:`fcnclassify.scales.vgg_sizes`), each evaluated as it is
+    and mirrored, each map's logits averaged over its positions, softmax, and the posteriors
+    averaged. The image is normalised once and goes through :func:`fcnclassify.dense.dense_evaluate`,
+    so a map here is the map ``dense_evaluate`` gives at the same scale, to the bit. Its boxes are in
+    pixels of the original image.
 
     Args:
         model: from :func:`fcnclassify.models.load_model`.
         image: a file path, or an ``(H, W, 3)`` uint8 RGB array.
-        scales: resize factors.
-        flip: also evaluate the mirrored image.
+        sizes: shorter sides Q in pixels, or ``"pyramid"``: the heatmap pyramid from one window to
+            the image's shorter side (:func:`fcnclassify.scales.pyramid_sizes`). Each Q must be at
+            least the network's window. Default (with ``scales`` None): the VGG sizes.
+        scales: instead of ``sizes``, resize factors (1: the image's own pixels). A scale that
+            shrinks the image below one window is refused; an image already smaller than one
+            window is zero-padded.
+        flip: also evaluate the mirrored image (default: on, as the VGG protocol).
         pool: ``"avg"`` or ``"max"`` global pooling of each map.
         over: pool ``"logits"`` (then softmax) or per-cell ``"probs"``.
         device: ``"cpu"``, ``"cuda"``, or ``"auto"``/None.
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (CUDA).
         max_pixels: refuse larger images (decompression bombs); None for no limit.
         max_memory: activation-memory budget in bytes; larger inputs run in exact tiles.
-        stride_factor: ``k > 1`` gives maps at stride ``stride / k`` by shift-and-stitch
-            (:func:`fcnclassify.stitch.stitched_evaluate`), for ``k * k`` times the work.
-        progress: progress bars over the scales and the tiles (None: only on a terminal).
+        stride_factor: ``k > 1`` gives maps at stride ``stride / k`` by shift-and-stitch, for
+            ``k * k`` times the work.
+        progress: progress bars over the passes and the tiles (None: only on a terminal).
 
     Raises:
         ValueError: an unreadable image (:class:`fcnclassify.images.ImageError`), a bad option.
     """
-    if not scales or any(not s > 0 for s in scales):
-        raise ValueError(f"expected one or more positive scales but got {scales}")
     if stride_factor < 1:
         raise ValueError(f"expected a stride factor >= 1 but got {stride_factor}")
     path = None
@@ -131,28 +159,44 @@ def predict(
         rgb = read_image(Path(image), max_pixels=max_pixels)
     else:
         rgb = _check_array(image, max_pixels)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    fcn = model.prepared(device, dtype)
     size = tuple(rgb.shape[:2])
-    maps: list[ScoreMap] = []
-    quiet = None if progress is None else not progress  # tqdm: None = only on a terminal
-    tiles_bar = sys.stderr.isatty() if progress is None else progress
-    for scale in tqdm(scales, desc="scales", unit="scale", disable=quiet, leave=False):
-        target = scaled_size(size, scale)
-        resized = rgb if target == size else resize(rgb, target)
-        x = model.normalization(resized)
-        if stride_factor > 1:
-            evaluated = stitched_evaluate(fcn, x, factor=stride_factor, flip=flip, device=device,
-                                          dtype=dtype, max_memory=max_memory)[0]  # no tile bar
-        else:
-            evaluated = dense_evaluate(fcn, x, flip=flip, device=device, dtype=dtype, pad=True,
-                                       max_memory=max_memory, progress=tiles_bar)[0]
-        for m in evaluated:
-            maps.append(ScoreMap(m.logits, m.geometry, size, m.input_size, m.flipped))
+    sizes, scales = _plan(model, size, sizes=sizes, scales=scales)
+    device, dtype = resolve(device, dtype)
+    fcn = model.prepared(device, dtype)
+    maps = dense_evaluate(fcn, model.normalization(rgb), sizes=sizes, scales=scales, flip=flip,
+                          device=device, dtype=dtype, pad=True, max_memory=max_memory,
+                          stride_factor=stride_factor,
+                          progress=sys.stderr.isatty() if progress is None else progress)[0]
     probabilities = fuse(maps, pool=pool, over=over)
     return Prediction(path=path, image=rgb, maps=maps, probabilities=probabilities,
                       categories=model.categories)
+
+
+def _plan(model: LoadedModel, size: tuple[int, int], *, sizes, scales
+          ) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None]:
+    """``(sizes, scales)`` for :func:`dense_evaluate`: defaults filled in, too-small inputs refused."""
+    window = model.input_size
+    if isinstance(sizes, str):
+        if sizes != "pyramid":
+            raise ValueError(f"expected sizes as numbers or 'pyramid' but got {sizes!r}")
+        sizes = pyramid_sizes(size, window)
+    if sizes is None and scales is None:
+        sizes = vgg_sizes(window)
+    factors = scale_factors(size, scales=scales, sizes=sizes)  # checks the values
+    if sizes is not None:
+        small = [q for q in sizes if q < window]
+        if small:
+            raise ValueError(f"expected sizes of at least the network's window ({window} pixels) "
+                             f"but got {small[0]}")
+        return tuple(sizes), None
+    shorter = min(size)
+    for s in factors:
+        scaled = round(shorter * s)
+        if scaled < window and scaled < shorter:
+            raise ValueError(f"scale {s:g} makes the image's shorter side {scaled} pixels, smaller "
+                             f"than one window ({window}): expected a scale of at least "
+                             f"{window / shorter:.3g}, or sizes in pixels")
+    return None, factors
 
 
 def _check_array(image: np.ndarray, max_pixels: int | None) -> np.ndarray:

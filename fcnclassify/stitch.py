@@ -15,7 +15,7 @@ reach (everywhere for a network without padding).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
@@ -23,7 +23,7 @@ from torch import nn
 
 from . import _fx
 from .convert import FullyConvNet
-from .dense import prepare, rescale, resolve_device, resolve_dtype, run
+from .dense import run
 from .geometry import Geometry, SizeOp
 from .scoremap import ScoreMap
 
@@ -109,48 +109,22 @@ def offset_pooling(fcn: FullyConvNet, x: torch.Tensor, *, factor: int | None = N
 
 
 def stitched_evaluate(fcn: FullyConvNet, images: torch.Tensor, *, factor: int,
-                      scales: Sequence[float] = (1.0,), flip: bool = False, method: str = "shift",
-                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                      max_memory: int | None = None) -> list[list[ScoreMap]]:
-    """Like :func:`fcnclassify.dense.dense_evaluate`, with maps at stride ``stride / factor``.
+                      method: str = "shift", **options) -> list[list[ScoreMap]]:
+    """:func:`fcnclassify.dense.dense_evaluate` with maps at stride ``stride / factor``.
 
     Args:
         images: Normalised images ``(N, 3, H, W)`` or one ``(3, H, W)``.
         factor: Shifts per axis (1: the plain dense map).
         method: ``"shift"`` (shift-and-stitch, exact) or ``"offset_pool"`` (OverFeat, cheaper).
-        max_memory: Tile each shifted evaluation within this many bytes (``"shift"`` only).
+        options: ``scales``, ``sizes``, ``flip``, ``device``, ``dtype``, ``max_memory`` (``"shift"``
+            only), ... as in :func:`~fcnclassify.dense.dense_evaluate`.
 
     Returns:
         For each image, for each scale the map and then (with ``flip``) the flipped one.
     """
-    if method not in ("shift", "offset_pool"):
-        raise ValueError(f"expected method 'shift' or 'offset_pool' but got {method!r}")
-    if images.dim() == 3:
-        images = images[None]
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    fcn, nhwc = prepare(fcn, device=device, dtype=dtype)
-    geometry = stitched_geometry(fcn.geometry, factor)
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    if method == "shift":
-        def forward(x):
-            return shift_and_stitch(fcn, x, factor=factor, max_memory=max_memory, channels_last=nhwc)
-    else:
-        def forward(x):
-            fmt = torch.channels_last if nhwc else torch.contiguous_format
-            return offset_pooling(fcn, x.contiguous(memory_format=fmt), factor=factor)
-    height, width = images.shape[-2:]
-    out: list[list[ScoreMap]] = [[] for _ in range(len(images))]
-    with torch.inference_mode():
-        for scale in scales:
-            x = rescale(images.to(device=device, dtype=torch.float32), scale).to(dtype)
-            for flipped in (False, True) if flip else (False,):
-                logits = forward(x.flip(-1) if flipped else x)
-                logits = logits.flip(-1) if flipped else logits
-                for n in range(len(images)):
-                    out[n].append(ScoreMap(logits[n], geometry, (height, width),
-                                           tuple(x.shape[-2:]), flipped))
-    return out
+    from .dense import dense_evaluate
+
+    return dense_evaluate(fcn, images, stride_factor=factor, method=method, **options)
 
 
 def _check_factor(stride: int, factor: int) -> int:

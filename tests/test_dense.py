@@ -73,7 +73,7 @@ def test_flip_is_the_flipped_image_flipped_back(padfree):
 
 
 def test_scales_map_back_to_original_pixels():
-    fcn = convert(randomize(torchvision.models.resnet18(num_classes=4)))
+    fcn = convert(randomize(torchvision.models.resnet18(num_classes=4)), cells="activation")
     x = torch.randn(1, 3, 200, 260)
     full, half = dense_evaluate(fcn, x, scales=(1.0, 0.5))[0]
     small = F.interpolate(x, size=(100, 130), mode="bilinear", antialias=True, align_corners=False)
@@ -99,7 +99,8 @@ def test_small_input_needs_pad(padfree):
 
 
 def test_bfloat16_channels_last_agree_with_float32():
-    fcn = convert(randomize(torchvision.models.resnet18(num_classes=10)))
+    torch.manual_seed(0)
+    fcn = convert(randomize(torchvision.models.resnet18(num_classes=10)), cells="activation")
     x = torch.randn(1, 3, 160, 192)
     (ref,) = dense_evaluate(fcn, x, channels_last=False)[0]
     (nhwc,) = dense_evaluate(fcn, x, channels_last=True)[0]
@@ -151,7 +152,7 @@ def test_global_pooling_by_hand():
 
 def test_average_of_logits_is_the_original_classifier_for_pooled_heads():
     model = randomize(torchvision.models.resnet18(num_classes=7))
-    fcn = convert(model)
+    fcn = convert(model, cells="activation")
     x = torch.randn(1, 3, 224, 288)
     maps = dense_evaluate(fcn, x, flip=True)[0]
     with torch.no_grad():

@@ -65,8 +65,9 @@ def test_csv_dense_protocol_and_command_line(lite, folder, tmp_path, capsys):
     samples = read_samples(csv, lite)
     assert [s.label for s in samples] == [967, 285, 657]
     result = evaluate(lite, samples, protocol="dense", sizes=(256,))
-    assert [p[2][0] for p in result.predictions] == [967, 285, 540]
-    assert (result.top1, result.top5) == (pytest.approx(2 / 3), 1.0)
+    # every cell is a 224 window: the rocket is a missile (with class-activation cells: drilling platform)
+    assert [p[2][0] for p in result.predictions] == [967, 285, 657]
+    assert (result.top1, result.top5) == (1.0, 1.0)
     code = main(["evaluate", str(csv), "--model", "efficientnet_lite0", "--protocol", "dense",
                  "--sizes", "256", "--limit", "1", "--json", "--quiet"])
     assert code == 0

@@ -180,8 +180,13 @@ def test_efficientnet_lite0_offline_and_exact():
     assert loaded.fcn.kind == "pooled_linear" and loaded.normalization == LITE
     assert loaded.categories[285] == "Egyptian cat"
     x = torch.randn(1, 3, 256, 320)
-    with torch.no_grad():  # the class activation map's mean is the original's logits
-        torch.testing.assert_close(loaded.fcn(x).mean((2, 3)), loaded.original(x), **TOL)
+    with torch.no_grad():  # the feature map pooled over all windows is the original's
+        features = loaded.fcn.body(x)
+        head = loaded.fcn.head[1:]  # the Linear as a 1x1 convolution, after the window pooling
+        torch.testing.assert_close(head(features.mean((2, 3), keepdim=True))[..., 0, 0],
+                                   loaded.original(x), **TOL)
+        x = torch.randn(1, 3, 224, 224)  # one window: the original classifier
+        torch.testing.assert_close(loaded.fcn(x)[..., 0, 0], loaded.original(x), **TOL)
 
 
 def test_restore_original_inverts_the_conversion():

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import VGG16_NARROW, randomize, vgg_features
 from fcnclassify.aggregate import fuse, fuse_heatmaps
 from fcnclassify.convert import convert
+from fcnclassify.dense import dense_evaluate
 from fcnclassify.models import IMAGENET, LoadedModel, load_model
 from fcnclassify.predict import predict
 
@@ -50,27 +52,53 @@ def photo() -> np.ndarray:
 
 
 def test_rescaled_map_is_in_original_pixels(tiny, photo):
-    prediction = predict(tiny, photo, scales=(0.5,))
+    prediction = predict(tiny, photo, scales=(0.5,), flip=False)
     (m,) = prediction.maps
     assert m.image_size == (520, 600) and m.input_size == (260, 300) and m.shape == (2, 3)
-    # reference: the network on the area-resized image, normalised by hand
-    resized = cv2.resize(photo, (300, 260), interpolation=cv2.INTER_AREA)
-    x = (torch.from_numpy(resized).permute(2, 0, 1).double() / 255
+    # reference: the network on the image normalised by hand, resized with antialiasing by hand
+    x = (torch.from_numpy(photo).permute(2, 0, 1).double() / 255
          - torch.tensor(IMAGENET.mean).double().view(3, 1, 1)) / torch.tensor(IMAGENET.std).double().view(3, 1, 1)
+    x = F.interpolate(x[None], size=(260, 300), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
-        torch.testing.assert_close(m.logits, tiny.fcn(x[None].float())[0], **TOL)
+        torch.testing.assert_close(m.logits, tiny.fcn(x.float())[0], **TOL)
     # cell (1, 2): input window x 64..288, y 32..256 -> twice that in the original image
     assert m.box(1, 2) == (128.0, 64.0, 576.0, 512.0)
     torch.testing.assert_close(prediction.probabilities, fuse(prediction.maps), rtol=0, atol=0)
 
 
-def test_one_window_image_is_the_original_classifier(tiny, photo):
-    image = photo[:224, :224]
-    prediction = predict(tiny, image, flip=True)
-    with torch.no_grad():
-        x = IMAGENET(image)[None]
-        want = (tiny.original(x)[0].softmax(0) + tiny.original(x.flip(-1))[0].softmax(0)) / 2
-    torch.testing.assert_close(prediction.probabilities, want, **TOL)
+@pytest.mark.parametrize("options", [dict(scales=(0.5, 0.75)), dict(sizes=(224, 300), flip=True),
+                                     dict(sizes=(256,), stride_factor=2, flip=False)])
+def test_predict_is_dense_evaluate_to_the_bit(tiny, photo, options):
+    """One evaluation path: predict's maps are dense_evaluate's maps of the normalised image."""
+    prediction = predict(tiny, photo, **options)
+    flip = options.get("flip", True)
+    rest = {k: v for k, v in options.items() if k != "flip"}
+    want = dense_evaluate(tiny.fcn, IMAGENET(photo), flip=flip, **rest)[0]
+    assert len(prediction.maps) == len(want)
+    for got, ref in zip(prediction.maps, want):
+        assert (got.input_size, got.flipped, got.geometry) == (ref.input_size, ref.flipped, ref.geometry)
+        torch.testing.assert_close(got.logits, ref.logits, rtol=0, atol=0)
+
+
+def test_defaults_are_the_vgg_dense_protocol(tiny, photo):
+    """Q = 256, 384, 512 (shorter side) with flips; average of logits, softmax, mean of posteriors."""
+    prediction = predict(tiny, photo)
+    assert [(m.input_size, m.flipped) for m in prediction.maps] == [
+        ((256, 295), False), ((256, 295), True), ((384, 443), False), ((384, 443), True),
+        ((512, 591), False), ((512, 591), True)]
+    want = torch.stack([m.logits.mean((1, 2)).softmax(0) for m in prediction.maps]).mean(0)
+    torch.testing.assert_close(prediction.probabilities, want, rtol=1e-6, atol=1e-7)
+
+
+def test_sizes_and_scales_refuse_inputs_below_one_window(tiny, photo):
+    with pytest.raises(ValueError, match="at least the network's window \\(224 pixels\\) but got 200"):
+        predict(tiny, photo, sizes=(200, 256))
+    with pytest.raises(ValueError, match="scale 0.1 makes the image's shorter side 52 pixels"):
+        predict(tiny, photo, scales=(0.1,))
+    with pytest.raises(ValueError, match="not both"):
+        predict(tiny, photo, scales=(1.0,), sizes=(256,))
+    with pytest.raises(ValueError, match="'pyramid'"):
+        predict(tiny, photo, sizes="auto")
 
 
 def test_flip_and_scales_make_one_map_each(tiny, photo):
@@ -84,7 +112,7 @@ def test_flip_and_scales_make_one_map_each(tiny, photo):
 
 def test_small_image_is_padded_to_one_window(tiny):
     image = np.random.default_rng(1).integers(0, 256, (100, 150, 3), dtype=np.uint8)
-    prediction = predict(tiny, image)
+    prediction = predict(tiny, image, scales=(1.0,), flip=False)
     padded = torch.zeros(1, 3, 224, 224)
     padded[..., :100, :150] = IMAGENET(image)
     with torch.no_grad():
@@ -98,34 +126,39 @@ def test_chelsea_is_a_cat(lite):
     assert CATS & set(top3), top3
 
 
-def test_pooled_linear_prediction_is_the_original_classifier(lite):
-    image = skimage.data.coffee()
-    prediction = predict(lite, image)
+def test_pooled_linear_one_window_is_the_original_classifier(lite):
+    image = cv2.resize(skimage.data.coffee(), (224, 224), interpolation=cv2.INTER_AREA)
+    prediction = predict(lite, image, sizes=(224,), flip=False)
     with torch.no_grad():
         want = lite.original(lite.normalization(image)[None])[0].softmax(0)
     torch.testing.assert_close(prediction.probabilities, want, **TOL)
-    assert prediction.topk(1)[0][1] in {"espresso", "cup"}
+    assert predict(lite, skimage.data.coffee()).topk(1)[0][1] in {"espresso", "cup"}  # the defaults
 
 
-def test_heatmap_and_peak_agree_with_the_map(lite):
-    prediction = predict(lite, skimage.data.chelsea())
-    (m,) = prediction.maps
+def test_heatmap_is_the_per_pixel_maximum_over_maps_and_peak_its_best_window(lite):
+    image = skimage.data.chelsea()
+    prediction = predict(lite, image)
+    assert len(prediction.maps) == 6
     cls = prediction.topk(1)[0][0]
     heat = prediction.heatmap(cls)
     assert heat.shape == (300, 451) and heat.dtype == np.float32
-    np.testing.assert_allclose(heat, fuse_heatmaps(prediction.maps, [cls])[0].numpy(), rtol=0, atol=0)
+    # reference: every map's window probabilities on the image grid, the maximum per pixel
+    grids = np.stack([m.to_image_grid([cls])[0].numpy() for m in prediction.maps])
+    np.testing.assert_allclose(heat, grids.max(0), rtol=0, atol=1e-7)
     peak = prediction.peak(cls)
-    i, j, score = m.peak(cls)
-    assert peak["score"] == pytest.approx(score)
-    ys, xs = m.centers()
-    assert (peak["x"], peak["y"]) == (xs[j], ys[i])
-    # bilinear interpolation between cell centres: the hottest pixel is next to the peak's centre
-    hy, hx = np.unravel_index(heat.argmax(), heat.shape)
-    assert abs(hx + 0.5 - peak["x"]) <= 1 and abs(hy + 0.5 - peak["y"]) <= 1
-    assert heat.max() == pytest.approx(score, abs=0.02)
-    x0, y0, x1, y1 = m.box(i, j)
-    assert peak["box"] == pytest.approx([max(0, x0), max(0, y0), min(451, x1), min(300, y1)])
-    assert peak["box"][0] <= peak["x"] <= peak["box"][2]
+    # reference: the best cell of all maps, found by hand
+    best = max(((k, i, j) for k, m in enumerate(prediction.maps) for i in range(m.shape[0])
+                for j in range(m.shape[1])),
+               key=lambda t: float(prediction.maps[t[0]].logits[:, t[1], t[2]].softmax(0)[cls]))
+    m = prediction.maps[best[0]]
+    assert peak["score"] == pytest.approx(float(m.logits[:, best[1], best[2]].softmax(0)[cls]))
+    assert peak["size"] == min(m.input_size) and peak["flipped"] == m.flipped
+    x0, y0, x1, y1 = m.box(best[1], best[2])
+    assert peak["box"] == pytest.approx([max(0, x0), max(0, y0), min(451, x1), min(300, y1)], abs=0.005)
+    assert 0 <= peak["x"] < 451 and 0 <= peak["y"] < 300  # inside the image, even at its edge
+    assert heat.max() <= peak["score"] + 1e-6  # interpolation never exceeds the best window
+    by_window = prediction.topk(3, by="window")
+    assert by_window[0][2] == pytest.approx(float(prediction.window_scores().max()))
 
 
 def test_bad_input(tiny, tmp_path):
@@ -142,7 +175,7 @@ def test_bad_input(tiny, tmp_path):
 
 def test_stride_factor_gives_the_shifted_evaluations(tiny, photo):
     """--stride-factor 2: cell (2i + a, 2j + b) is the dense map of the image shifted by (16a, 16b)."""
-    prediction = predict(tiny, photo, stride_factor=2)
+    prediction = predict(tiny, photo, scales=(1.0,), flip=False, stride_factor=2)
     (m,) = prediction.maps
     assert m.geometry.stride == 16
     assert m.shape == ((520 - 224) // 16 + 1, (600 - 224) // 16 + 1)

@@ -45,7 +45,8 @@ def _narrow_resnet() -> nn.Module:
 def resnet_fcn():
     torch.manual_seed(0)
     fcn = convert(randomize(_narrow_resnet(), seed=1))
-    assert (fcn.kind, fcn.geometry.stride, fcn.geometry.receptive_field) == ("pooled_linear", 32, 195)
+    # a window cell pools 7x7 feature cells: 195 + 6 * 32 pixels of receptive field
+    assert (fcn.kind, fcn.geometry.stride, fcn.geometry.receptive_field) == ("pooled_linear", 32, 387)
     return fcn
 
 
