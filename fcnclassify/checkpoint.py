@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -71,19 +72,28 @@ def save_weights(module: nn.Module, path: str | os.PathLike, *, metadata: dict |
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    # the mode open() gives a new file (0o666 less the umask), read without touching the umask
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        save_file(state, tmp, metadata=meta)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, mode)  # safetensors swaps in its own temporary file, created 0o600
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata written by :func:`save_weights` (empty for other files)."""
+    """The metadata written by :func:`save_weights` (empty for other files).
+
+    Values are parsed as JSON; one that does not parse is kept as the string written.
+
+    Raises:
+        ValueError: one line naming the file, when it is not a readable safetensors file.
+    """
     from safetensors import safe_open
 
     path = Path(path)

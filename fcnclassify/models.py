@@ -48,7 +48,8 @@ class Normalization:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image but got shape {rgb.shape} "
                              f"and dtype {rgb.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        # one float copy, ours and writable: also for read-only views (an RGBA image's composite)
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return x.sub_(mean).div_(std)
@@ -141,7 +142,7 @@ def build_original(name: str, *, num_classes: int = 1000) -> nn.Module:
 
 def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None = "default",
                num_classes: int | None = None, labels: str | os.PathLike | None = None,
-               input_size: int = 224, progress: bool = False) -> LoadedModel:
+               input_size: int = 224, cells: str = "window", progress: bool = False) -> LoadedModel:
     """A registry model, converted, with its weights, class names and normalisation.
 
     Args:
@@ -154,6 +155,8 @@ def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None 
         num_classes: classes of a fine-tuned head; inferred from the weights when None.
         labels: a file with one class name a line; its count must match the head.
         input_size: the side the network was trained at.
+        cells: ``"window"`` (every cell one ``input_size`` window) or, for a globally pooled head,
+            ``"activation"`` (the class activation map); see :func:`fcnclassify.convert.convert`.
         progress: show a download progress bar.
 
     Raises:
@@ -162,7 +165,7 @@ def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None 
     """
     if weights is not None and str(weights) != "default":
         return _load_local(name, Path(weights), num_classes=num_classes, labels=labels,
-                           input_size=input_size)
+                           input_size=input_size, cells=cells)
     name = name or "vgg16"
     _check_name(name)
     if weights is None:
@@ -175,7 +178,7 @@ def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None 
         original = build_original(name)
         original.load_state_dict(_default_state_dict(name, progress=progress))
         source = "default"
-    return _finish(name, original, source, labels=labels, input_size=input_size)
+    return _finish(name, original, source, labels=labels, input_size=input_size, cells=cells)
 
 
 def _check_name(name: str) -> None:
@@ -188,9 +191,9 @@ def _check_name(name: str) -> None:
 
 def _finish(name: str, original: nn.Module, source: str, *, labels, input_size: int,
             categories: list[str] | None = None, normalization: Normalization | None = None,
-            fcn: FullyConvNet | None = None) -> LoadedModel:
+            fcn: FullyConvNet | None = None, cells: str = "window") -> LoadedModel:
     original = original.eval()
-    fcn = fcn if fcn is not None else convert(original, input_size=input_size)
+    fcn = fcn if fcn is not None else convert(original, input_size=input_size, cells=cells)
     n = fcn.num_classes
     if labels is not None:
         categories = read_labels(labels, num_classes=n)
@@ -261,20 +264,20 @@ def _default_state_dict(name: str, *, progress: bool) -> dict[str, torch.Tensor]
 
 
 def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels,
-                input_size: int) -> LoadedModel:
+                input_size: int, cells: str) -> LoadedModel:
     """A model from a local weights file: a converted file, or a state dict of the original."""
     state = load_state_dict(path)  # read once; the weights below are loaded from this dict
     meta = read_metadata(path)
     if meta.get("format") == FORMAT or (state and all(k.startswith(("body.", "head."))
                                                       for k in state)):
         return _load_converted(name, path, meta, state, num_classes=num_classes, labels=labels,
-                               input_size=input_size)
+                               input_size=input_size, cells=cells)
     name = name or "vgg16"
     _check_name(name)
     if num_classes is None:
         num_classes = _head_classes(name, state, path)
     original = load_weights(_empty(name, num_classes), state, name=str(path))  # all overwritten
-    return _finish(name, original, str(path), labels=labels, input_size=input_size)
+    return _finish(name, original, str(path), labels=labels, input_size=input_size, cells=cells)
 
 
 def _head_classes(name: str, state: dict[str, torch.Tensor], path: Path) -> int:
@@ -294,7 +297,7 @@ def build_original_meta(name: str, *, num_classes: int = 1000) -> nn.Module:
 
 
 def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, num_classes,
-                    labels, input_size: int) -> LoadedModel:
+                    labels, input_size: int, cells: str) -> LoadedModel:
     """A file written by ``fcnclassify convert`` (or a FullyConvNet's state dict)."""
     stored = meta.get("model")
     if name is not None and stored is not None and name != stored:
@@ -311,9 +314,13 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
                          f"--num-classes {num_classes}")
     input_size = int(meta.get("input_size", input_size))
     original = _empty(name, classes)
-    fcn = convert(original, input_size=input_size)
+    # files written before window cells existed hold a class-activation head
+    stored_cells = meta.get("cells", "activation" if meta.get("format") == FORMAT else "window")
+    fcn = convert(original, input_size=input_size, cells=stored_cells)
     load_weights(fcn, state, name=str(path))
     restore_original(original, fcn)
+    if stored_cells != cells:
+        fcn = convert(original, input_size=input_size, cells=cells)
     norm = meta.get("normalization")
     normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"])) if norm else None
     return _finish(name, original, str(path), labels=labels, input_size=input_size, fcn=fcn,
@@ -361,5 +368,6 @@ def converted_metadata(model: LoadedModel) -> dict:
         "normalization": {"mean": list(model.normalization.mean),
                           "std": list(model.normalization.std)},
         "kind": model.fcn.kind,
+        "cells": model.fcn.cells,
         "source_weights": model.weights,
     }

@@ -86,13 +86,14 @@ def test_classify_json_fine_tuned_head(files, capsys):
     root = files["root"]
     code, out, err = cli(capsys, "classify", root / "square.png", "--model", "alexnet", "--weights",
                          root / "alexnet3.pth", "--labels", root / "labels.txt", "--json", "--flip",
-                         "--topk", "3")
+                         "--topk", "3", "--sizes", "224")
     assert code == 0 and err == ""
     doc = json.loads(out)
-    assert doc["model"] == "alexnet" and doc["flip"] is True and doc["scales"] == [1.0]
+    assert doc["model"] == "alexnet" and doc["flip"] is True and (doc["sizes"], doc["scales"]) == ([224], None)
     (image,) = doc["images"]
     assert image["image"] == str(root / "square.png")
-    assert (image["width"], image["height"], image["map_size"]) == (224, 224, [1, 1])
+    assert (image["width"], image["height"]) == (224, 224)
+    assert image["maps"] == [{"size": 224, "scale": 1.0, "flipped": f, "cells": [1, 1]} for f in (False, True)]
     assert [sorted(c) for c in image["classes"]] == [["id", "label", "score"]] * 3
     # reference: the original network on the image and its mirror, posteriors averaged
     x = IMAGENET(files["rgb"])[None]
@@ -110,7 +111,7 @@ def test_classify_lite0_chelsea_table(files, capsys):
                          "efficientnet_lite0", "--topk", "3")
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0] == f"{files['root'] / 'chelsea.png'} (451x300, map 9x14)"
+    assert lines[0] == f"{files['root'] / 'chelsea.png'} (451x300, 6 maps, Q=256,384,512)"  # VGG protocol
     assert any(cat in out for cat in ("tabby", "tiger cat", "Egyptian cat")), out
 
 
@@ -191,11 +192,14 @@ def test_inspect_vgg16_400(capsys):
 
 
 def test_inspect_resnet18_map_size(capsys):
-    code, out, _ = cli(capsys, "inspect", "--model", "resnet18", "--size", "400x600")
+    code, out, _ = cli(capsys, "inspect", "--model", "resnet18", "--size", "600x400")  # WxH
     assert code == 0
-    # 400 -> 200 (conv1) -> 100 (maxpool) -> 100, 50, 25, 13 (layers); 600 -> ... -> 19
-    assert "score map 13x19 (247 cells) for 400x600" in out
-    assert "window 32 px, stride 32 px" in out
+    # height 400 -> 200 (conv1) -> 100 (maxpool) -> 100, 50, 25, 13 (layers); width 600 -> ... -> 19;
+    # then 7x7 windows at stride 1: 13 - 6 = 7, 19 - 6 = 13
+    assert "score map 7x13 (91 cells) for 600x400" in out
+    assert out.startswith("resnet18 at 600x400 pixels")
+    assert "(input 1x3x400x600)" in out and "64x200x300" in out  # NCHW: conv1 halves 400x600
+    assert "window 224 px, stride 32 px, offset 0 px" in out
     assert "averages the whole 13x19 feature map to 1x1" in out
 
 
@@ -242,8 +246,9 @@ def test_classify_memory_budget_and_stride_factor(files, capsys):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
     code, out, err = cli(capsys, *base, "--max-memory", "2MiB")
     assert code == 2 and "expected max_memory of at least" in err and err.count("\n") == 1
-    code, out, _ = cli(capsys, *base, "--stride-factor", "2")
-    assert code == 0 and json.loads(out)["images"][0]["map_size"] == [2 * 9 - 1, 2 * 14 - 1]
+    code, out, _ = cli(capsys, *base, "--stride-factor", "2", "--scales", "1", "--no-flip")
+    # 300x451 at stride 16: floor((n - 224) / 16) + 1 cells (224: the smallest input of one window)
+    assert code == 0 and json.loads(out)["images"][0]["maps"][0]["cells"] == [5, 15]
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in base] + ["--max-memory", "lots"])
     assert exit_.value.code == 2

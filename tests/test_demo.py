@@ -89,8 +89,8 @@ def test_demo_command_writes_overlays_and_reports_every_peak_inside(tmp_path, li
     assert len(rows) == 5 and all(row.endswith("yes") for row in rows), stdout
     assert "5/5 peaks inside their objects" in stdout
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["scene.png", "scene_1_egyptian-cat.png", "scene_2_espresso.png", "scene_3_missile.png",
-                     "scene_4_moped.png", "scene_5_tripod.png", "scene_grid.png"]
+    assert names == ["scene.png", "scene_1_egyptian-cat.png", "scene_2_espresso.png",
+                     "scene_3_projectile.png", "scene_4_moped.png", "scene_5_tripod.png", "scene_grid.png"]
     scene = cv2.imread(str(out / "scene.png"), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(scene[:, :, ::-1], compose_scene()[0])  # written in RGB order
     assert cv2.imread(str(out / "scene_1_egyptian-cat.png")).shape == (*SCENE_SIZE, 3)

@@ -27,10 +27,20 @@ def lite():
     return load_model("efficientnet_lite0")
 
 
+@pytest.fixture(scope="module")
+def lite_activation(lite):
+    import dataclasses
+
+    from fcnclassify import convert
+
+    return dataclasses.replace(lite, fcn=convert(lite.original, cells="activation"), _prepared={})
+
+
 @pytest.fixture
-def cached(lite, monkeypatch):
+def cached(lite, lite_activation, monkeypatch):
     """The command gets the already loaded model (the tests of loading itself do not use this)."""
-    monkeypatch.setattr(heatmap, "load_from_args", lambda args: lite)
+    monkeypatch.setattr(heatmap, "load_from_args",
+                        lambda args: lite if args.cells == "window" else lite_activation)
     return lite
 
 
@@ -62,24 +72,29 @@ def original_probabilities(lite, rgb: np.ndarray) -> torch.Tensor:
         return lite.original(lite.normalization(rgb)[None])[0].softmax(0)
 
 
-def test_json_scores_match_the_original_model_and_peaks_lie_in_the_image(cached, chelsea, out, capsys):
+def test_json_scores_match_the_original_model_and_peaks_lie_in_the_image(cached, lite_activation, chelsea, out, capsys):
+    # the class activation map at scale 1: its mean is the original classifier on the whole image
     code, stdout, err = run(capsys, chelsea, "--model", "efficientnet_lite0", "--topk", "2", "--json",
-                            "--out", out)
+                            "--out", out, "--scales", "1", "--cells", "activation")
     assert code == 0 and err == []
     document = json.loads(stdout)  # one JSON document, nothing else on stdout
     assert document["model"] == "efficientnet_lite0" and document["scales"] == [1.0]
     assert (document["flip"], document["pool"], document["over"]) == (False, "avg", "logits")
+    assert document["cells"] == "activation"
     (image,) = document["images"]
     height, width = data.chelsea().shape[:2]
     assert (image["image"], image["width"], image["height"]) == (str(chelsea), width, height)
-    assert image["map_size"] == list(cached.fcn.geometry.output_size(height, width))
+    assert image["maps"][0]["cells"] == list(lite_activation.fcn.geometry.output_size(height, width))
 
-    reference = original_probabilities(cached, data.chelsea())
-    top = reference.topk(2)
-    assert [c["id"] for c in image["classes"]] == top.indices.tolist()
-    assert [c["label"] for c in image["classes"]] == [cached.categories[i] for i in top.indices]
-    torch.testing.assert_close(torch.tensor([c["score"] for c in image["classes"]]), top.values,
+    reference = original_probabilities(lite_activation, data.chelsea())
+    ids = [c["id"] for c in image["classes"]]
+    assert [c["label"] for c in image["classes"]] == [lite_activation.categories[i] for i in ids]
+    torch.testing.assert_close(torch.tensor([c["score"] for c in image["classes"]]), reference[ids],
                                rtol=1e-3, atol=1e-5)
+    # classes ranked by their best cell: the map's per-cell softmax, maximum over cells, by hand
+    with torch.no_grad():
+        cam = lite_activation.fcn(lite_activation.normalization(data.chelsea())[None])[0]
+    assert ids == cam.softmax(0).flatten(1).amax(1).topk(2).indices.tolist()
     assert image["classes"][0]["id"] in range(281, 286)  # a domestic cat
     for entry in image["classes"]:
         assert set(entry) >= {"id", "label", "score", "peak"}
@@ -127,27 +142,27 @@ def test_red_stays_red_and_reaches_the_model_as_red(cached, tmp_path, out, capsy
     assert np.all(bgr[..., 2] > bgr[..., 0] + 100)
 
 
-def test_classes_by_name_and_id_and_raw_maps(cached, chelsea, out, capsys):
+def test_classes_by_name_and_id_and_raw_maps(cached, lite_activation, chelsea, out, capsys):
     code, stdout, _ = run(capsys, chelsea, "--classes", "tabby", "285", "--save-npz", "--json",
-                          "--out", out)
+                          "--out", out, "--scales", "1", "--cells", "activation")
     assert code == 0
     image = json.loads(stdout)["images"][0]
     assert [c["id"] for c in image["classes"]] == [281, 285]
     assert (out / "chelsea_1_tabby.png").is_file() and (out / "chelsea_2_egyptian-cat.png").is_file()
 
     maps = np.load(out / "chelsea_maps.npz")
-    geometry = cached.fcn.geometry
+    geometry = lite_activation.fcn.geometry
     assert (maps["window"], maps["stride"], maps["offset"], maps["receptive_field"]) == (
         geometry.window, geometry.stride, geometry.offset, geometry.receptive_field)
     np.testing.assert_array_equal(maps["scale"], [[1.0, 1.0]])
     np.testing.assert_array_equal(maps["flipped"], [False])
     assert maps["categories"][285] == "Egyptian cat" and len(maps["categories"]) == 1000
     with torch.no_grad():
-        reference = cached.fcn(cached.normalization(data.chelsea())[None])[0]
+        reference = lite_activation.fcn(lite_activation.normalization(data.chelsea())[None])[0]
     torch.testing.assert_close(torch.from_numpy(maps["logits_0"]), reference, rtol=1e-4, atol=1e-4)
     # the mean of the class activation map is the original classifier
     torch.testing.assert_close(torch.from_numpy(maps["logits_0"]).mean((1, 2)).softmax(0),
-                               original_probabilities(cached, data.chelsea()), rtol=1e-3, atol=1e-5)
+                               original_probabilities(lite_activation, data.chelsea()), rtol=1e-3, atol=1e-5)
 
 
 def test_existing_output_is_refused_and_left_unchanged(cached, chelsea, out, capsys):

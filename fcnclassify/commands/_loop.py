@@ -18,6 +18,28 @@ from ..images import ImageError, list_images
 from ._options import evaluation_kwargs, show_progress
 
 
+PEAK_SCORE = "probability of the class in its best window, over all maps"
+
+
+def score_meaning(pool: str, over: str) -> str:
+    """What an image-level ``score`` is, in words, for the JSON document."""
+    pooled = (f"each map's logits {'averaged' if pool == 'avg' else 'maximised'} over its windows, "
+              "softmax" if over == "logits" else
+              f"each map's per-window probabilities {'averaged' if pool == 'avg' else 'maximised'} "
+              "over its windows")
+    return f"image-level probability: {pooled}, then the mean over the maps"
+
+
+def describe_maps(prediction) -> list[dict]:
+    """The maps of a prediction for a JSON document: size Q, resize factor, flip and cells."""
+    return [{"size": min(m.input_size), "scale": round(min(m.scale), 6), "flipped": m.flipped,
+             "cells": list(m.shape)} for m in prediction.maps]
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 class ImageLoop:
     """Predictions for the image arguments of a command, one clear line for each failure."""
 
@@ -70,8 +92,13 @@ class ImageLoop:
     def finish(self, model, args: argparse.Namespace, documents: list[dict]) -> int:
         """Print the JSON document if asked (only images that worked); the exit code."""
         if args.json and documents:
+            options = evaluation_kwargs(args)
             print(json.dumps({
-                "model": model.name, "weights": model.weights, "scales": list(args.scales),
-                "flip": args.flip, "pool": args.pool, "over": args.over, "images": documents,
+                "model": model.name, "weights": model.weights,
+                "sizes": _jsonable(options["sizes"] or ("vgg" if options["scales"] is None else None)),
+                "scales": _jsonable(options["scales"]), "flip": args.flip, "pool": args.pool,
+                "over": args.over, "cells": model.fcn.cells,
+                "score": score_meaning(args.pool, args.over), "peak_score": PEAK_SCORE,
+                "images": documents,
             }, indent=2))
         return 2 if self.failures else 0

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
 
 __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
-           "evaluation_kwargs", "show_progress"]
+           "parse_sizes", "evaluation_kwargs", "show_progress"]
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "vgg16") -> None:
@@ -42,16 +42,34 @@ def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "
                        help="class names, one a line, for a fine-tuned head")
     group.add_argument("--input-size", type=_positive_int, default=224, metavar="PIXELS",
                        help="the side the network was trained at (default: 224)")
+    group.add_argument("--cells", choices=("window", "activation"), default="window",
+                       help="what a score-map cell is for a globally pooled head (ResNet, "
+                            "EfficientNet): one input-size window of the image (default), or one "
+                            "cell of the raw class activation map")
 
 
-def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5) -> None:
-    """``--scales``, ``--flip``, ``--pool``, ``--over``, ``--topk``, ``--json``, ``--device``,
-    ``--dtype``, ``--max-pixels``, ``--max-memory``, ``--quiet``."""
+def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
+                           sizes: str = "vgg", flip: bool = True) -> None:
+    """``--sizes``/``--scales``, ``--flip``, ``--pool``, ``--over``, ``--topk``, ``--json``,
+    ``--device``, ``--dtype``, ``--max-pixels``, ``--max-memory``, ``--quiet``.
+
+    ``sizes`` is the command's default: ``"vgg"`` (Q = 256, 384, 512 for a 224 network) or
+    ``"pyramid"`` (:func:`fcnclassify.scales.pyramid_sizes`)."""
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S[,S...]",
-                       help="resize factors of the image, e.g. '0.5,1,1.5' (default: 1)")
-    group.add_argument("--flip", action="store_true",
-                       help="also evaluate the mirrored image and average (the VGG protocol)")
+    scale = group.add_mutually_exclusive_group()
+    default = ("the VGG dense protocol: 256,384,512 for a 224 network, in proportion for others"
+               if sizes == "vgg" else
+               "pyramid: from one window on the shorter side up to the shorter side, at most 8 "
+               "windows, steps of at most sqrt(2)")
+    scale.add_argument("--sizes", type=parse_sizes, default=sizes, metavar="Q[,Q...]|pyramid",
+                       help=f"shorter sides in pixels the image is resized to (the VGG paper's Q), "
+                            f"each at least the network's window, or 'pyramid' (default: {default})")
+    scale.add_argument("--scales", type=parse_scales, default=None, metavar="S[,S...]",
+                       help="instead of --sizes, resize factors of the image, e.g. '0.5,1' "
+                            "(1: the image's own pixels)")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=flip,
+                       help="also evaluate the mirrored image and average (the VGG protocol; "
+                            f"default: {'on' if flip else 'off'})")
     group.add_argument("--pool", choices=("avg", "max"), default="avg",
                        help="global pooling of each score map (default: avg)")
     group.add_argument("--over", choices=("logits", "probs"), default="logits",
@@ -87,13 +105,15 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
         name = getattr(args, "_default_model", "vgg16")
     return load_model(
         name, weights=args.weights, num_classes=args.num_classes, labels=args.labels,
-        input_size=getattr(args, "input_size", 224), progress=show_progress(args),
+        input_size=getattr(args, "input_size", 224), cells=getattr(args, "cells", "window"),
+        progress=show_progress(args),
     )
 
 
 def evaluation_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`fcnclassify.predict.predict` from ``add_evaluation_options``."""
-    return dict(scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
+    sizes = None if args.scales is not None or args.sizes == "vgg" else args.sizes
+    return dict(sizes=sizes, scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
                 device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
                 max_memory=args.max_memory, stride_factor=args.stride_factor,
                 progress=show_progress(args))
@@ -102,6 +122,21 @@ def evaluation_kwargs(args: argparse.Namespace) -> dict:
 def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on a terminal and without ``--quiet``."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def parse_sizes(text: str) -> tuple[int, ...] | str:
+    """``"256,384,512"`` (commas or spaces) -> ``(256, 384, 512)``; ``"pyramid"`` and ``"vgg"`` as
+    they are."""
+    if text.strip() in ("pyramid", "vgg"):
+        return text.strip()
+    try:
+        sizes = tuple(int(s) for s in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers of pixels like '256,384,512' or "
+                                         f"'pyramid' but got {text!r}")
+    if not sizes or any(q < 1 for q in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive sizes but got {text!r}")
+    return sizes
 
 
 def parse_scales(text: str) -> tuple[float, ...]:

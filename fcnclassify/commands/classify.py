@@ -1,5 +1,9 @@
 """``fcnclassify classify``: image-level top-k classes from dense evaluation and aggregation.
 
+By default the VGG dense protocol: the image at shorter sides Q = 256, 384, 512 (for a 224 network),
+each as it is and mirrored; each map's logits are averaged over its windows, softmaxed, and the
+posteriors averaged. The scores printed are those image-level probabilities.
+
 Every image is evaluated; one that cannot be read is reported on stderr (one line) and skipped, and
 the exit code is 2 at the end. The table prints each image as it is done; ``--json`` prints one
 document at the end (nothing when no image could be classified).
@@ -22,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..dense import resolve_device, resolve_dtype
-    from ._loop import ImageLoop
+    from ._loop import ImageLoop, describe_maps
     from ._options import load_from_args
 
     resolve_dtype(args.dtype, resolve_device(args.device))  # a bad option fails before any work
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             "image": str(path),
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
-            "map_size": list(prediction.maps[0].shape),
+            "maps": describe_maps(prediction),
             "classes": [{"id": i, "label": label, "score": round(score, 6)}
                         for i, label, score in prediction.topk(args.topk)],
         }
@@ -47,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(document: dict) -> str:
+    sizes = sorted({m["size"] for m in document["maps"]})
     lines = [f"{document['image']} ({document['width']}x{document['height']}, "
-             f"map {document['map_size'][0]}x{document['map_size'][1]})"]
+             f"{len(document['maps'])} maps, Q={','.join(map(str, sizes))})"]
     for rank, c in enumerate(document["classes"], 1):
-        lines.append(f"  {rank}. {c['score']:7.2%}  {c['label']} ({c['id']})")
+        lines.append(f"  {rank}. {c['score']:7.2%}  {c['label']} ({c['id']})")  # image-level
     return "\n".join(lines)

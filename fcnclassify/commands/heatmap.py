@@ -1,8 +1,10 @@
 """``fcnclassify heatmap IMAGE...``: class heatmaps blended over each photo, a grid, JSON, raw maps.
 
-For each image, and each class asked for (default: the top-k of the image-level prediction), it
-writes ``<out>/<stem>_<rank>_<class-slug>.png``, the class probability at the photo's resolution,
-colour-mapped and blended over it with a legend; ``<out>/<stem>_grid.png``, the photo and those
+The image is evaluated over a pyramid of sizes by default (:func:`fcnclassify.scales.pyramid_sizes`).
+For each image, and each class asked for (default: the top-k classes by their best window), it
+writes ``<out>/<stem>_<rank>_<class-slug>.png``, the class's per-window probability at the photo's
+resolution (the per-pixel maximum over the maps, :meth:`Prediction.heatmap`), colour-mapped and
+blended over it with a legend; ``<out>/<stem>_grid.png``, the photo and those
 overlays side by side; and with ``--save-npz`` ``<out>/<stem>_maps.npz``, the raw score maps.
 
 Nothing is overwritten without ``--force``: every image's outputs are checked before any work, so
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..images import write_image
 from ..render import COLORMAPS, grid, overlay
+from ._loop import describe_maps
 from ._options import add_evaluation_options, add_model_options, load_from_args
 
 if TYPE_CHECKING:
@@ -39,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders (the images directly inside them)")
     add_model_options(parser)
-    add_evaluation_options(parser, topk=3)
+    add_evaluation_options(parser, topk=3, sizes="pyramid", flip=False)
     group = parser.add_argument_group("output")
     group.add_argument("--classes", "-c", nargs="+", default=None, metavar="NAME_OR_ID",
                        help="classes to draw, by name ('tabby', quote names with spaces) or index "
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     classes = [model.class_index(c) for c in args.classes] if args.classes else None
     documents = []
     for path, _, prediction in loop.predictions(model, args):
-        chosen = classes or [index for index, _, _ in prediction.topk(args.topk)]
+        # by default the classes whose best window is most confident: what the heatmaps can show
+        chosen = classes or [index for index, _, _ in prediction.topk(args.topk, by="window")]
         out.mkdir(parents=True, exist_ok=True)
         files = write_outputs(prediction, chosen, out, path.stem, alpha=args.alpha,
                               colormap=args.colormap, save_npz=args.save_npz, overwrite=args.force)
@@ -142,11 +146,13 @@ def write_outputs(prediction: Prediction, classes: Sequence[int], out: Path, ste
     for rank, (cls, label) in enumerate(zip(classes, labels), 1):
         score = float(prediction.probabilities[cls])
         peak = prediction.peak(cls)
-        legend = [f"{rank}. {label}  p={score:.3f}",
-                  f"peak {peak['score']:.2f} at ({peak['x']:.0f}, {peak['y']:.0f})"]
+        legend = [f"{rank}. {label}",
+                  f"best window p={peak['score']:.2f} (Q={peak['size']}) at "
+                  f"({peak['x']:.0f}, {peak['y']:.0f})",
+                  f"image-level p={score:.3f}"]
         images.append(overlay(prediction.image, prediction.heatmap(cls), alpha=alpha,
                               colormap=colormap, legend=legend))
-        titles.append(f"{rank}. {label} p={score:.3f} peak={peak['score']:.2f}")
+        titles.append(f"{rank}. {label}: window p={peak['score']:.2f}")
     panels = [prediction.image, *images]
     picture = grid(panels, [Path(prediction.path).name if prediction.path else "image", *titles],
                    columns=3 if len(panels) > 4 else None)
@@ -195,9 +201,7 @@ def describe(prediction: Prediction, classes: Sequence[int], files: dict | None 
         "image": prediction.path,
         "width": width,
         "height": height,
-        "map_size": list(prediction.maps[0].shape),
-        "maps": [{"scale": [round(s, 6) for s in m.scale], "flipped": m.flipped, "size": list(m.shape)}
-                 for m in prediction.maps],
+        "maps": describe_maps(prediction),
         "classes": [],
     }
     overlays = (files or {}).get("overlays") or [None] * len(classes)
@@ -207,7 +211,8 @@ def describe(prediction: Prediction, classes: Sequence[int], files: dict | None 
                  "score": round(float(prediction.probabilities[cls]), 6),
                  "peak": {"x": round(float(peak["x"]), 2), "y": round(float(peak["y"]), 2),
                           "box": [round(float(v), 2) for v in peak["box"]],
-                          "score": round(float(peak["score"]), 6)}}
+                          "score": round(float(peak["score"]), 6), "size": peak["size"],
+                          "scale": peak["scale"], "flipped": peak["flipped"]}}
         if overlay_path is not None:
             entry["overlay"] = overlay_path
         document["classes"].append(entry)
@@ -219,12 +224,14 @@ def describe(prediction: Prediction, classes: Sequence[int], files: dict | None 
 
 
 def _summary(document: dict) -> str:
+    sizes = sorted({m["size"] for m in document["maps"]})
     lines = [f"{document['image']}  {document['width']}x{document['height']}  "
-             f"map {document['map_size'][0]}x{document['map_size'][1]}"]
+             f"{len(document['maps'])} maps, Q={','.join(map(str, sizes))}"]
     for rank, entry in enumerate(document["classes"], 1):
         peak = entry["peak"]
-        lines.append(f"  {rank}. {entry['label']:<24} {entry['score']:.4f}  peak {peak['score']:.3f} "
-                     f"at ({peak['x']:.0f}, {peak['y']:.0f})  -> {entry.get('overlay', '')}")
+        lines.append(f"  {rank}. {entry['label']:<24} window {peak['score']:.3f} (Q={peak['size']}) "
+                     f"at ({peak['x']:.0f}, {peak['y']:.0f})  image {entry['score']:.4f}  "
+                     f"-> {entry.get('overlay', '')}")
     lines.append(f"  grid -> {document['grid']}")
     return "\n".join(lines)
 

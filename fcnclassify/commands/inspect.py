@@ -10,13 +10,14 @@ HELP = "layer tables of the original and the converted network for an input size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=parse_size, default=(400, 400), metavar="HxW",
-                        help="input size in pixels, 'HxW' or one number for a square (default: 400x400)")
+    parser.add_argument("--size", type=parse_size, default=(400, 400), metavar="WxH",
+                        help="input size in pixels, width x height as every size option takes it "
+                             "(e.g. 600x400), or one number for a square (default: 400x400)")
     add_model_options(parser)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"400x600"`` -> ``(400, 600)``; ``"400"`` -> ``(400, 400)``."""
+    """``"WxH"`` -> ``(width, height)``: ``"600x400"`` -> ``(600, 400)``; ``"400"`` -> ``(400, 400)``."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         values = [int(p) for p in parts]
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import build_original_meta, load_model
     from ..summary import format_table, layer_table
 
-    height, width = args.size
+    width, height = args.size
     if str(args.weights) == "default":  # shapes do not depend on the weights: nothing to download
         name = args.model or "vgg16"
         original = build_original_meta(name, num_classes=args.num_classes or 1000)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         name, original, fcn, source = model.name, model.original, model.fcn, f"weights {args.weights}"
     fcn = fcn.to("meta")  # a throwaway copy: tabulate without arithmetic
     g = fcn.geometry
-    print(f"{name} at {height}x{width} pixels, {source}")
+    print(f"{name} at {width}x{height} pixels, {source}")
     print()
     print(f"original {type(original).__name__} (input 1x3x{height}x{width})")
     rows = layer_table(original.to("meta"), (height, width))
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
           + (", global context (a layer sees the whole image)" if g.global_context else ""))
     if min(height, width) >= g.min_input:
         h, w = g.output_size(height, width)
-        print(f"score map {h}x{w} ({h * w} cells) for {height}x{width}; minimum input "
+        print(f"score map {h}x{w} ({h * w} cells) for {width}x{height}; minimum input "
               f"{g.min_input}x{g.min_input}")
     return 0
 
@@ -79,7 +80,7 @@ def _verdict(rows, kind: str, height: int, width: int, input_size: int) -> str:
     """One plain sentence on what the original head does with this input size."""
     failed = rows and rows[-1].output_shape is None
     if failed:
-        return (f"-> the original fails at {height}x{width}: {rows[-1].name} ({rows[-1].type}) "
+        return (f"-> the original fails at {width}x{height}: {rows[-1].name} ({rows[-1].type}) "
                 f"{rows[-1].note}; it only runs at {input_size}x{input_size}")
     pools = [r for r in rows if r.type.startswith("Adaptive")]
     if pools and pools[-1].input_shape and pools[-1].input_shape[-2:] != pools[-1].output_shape[-2:]:
@@ -87,7 +88,7 @@ def _verdict(rows, kind: str, height: int, width: int, input_size: int) -> str:
         src, dst = "x".join(map(str, p.input_shape[-2:])), "x".join(map(str, p.output_shape[-2:]))
         what = ("averages the whole" if p.output_shape[-2:] == (1, 1)
                 else "resamples the")
-        return (f"-> the original gives ONE prediction for the whole {height}x{width} image: "
+        return (f"-> the original gives ONE prediction for the whole {width}x{height} image: "
                 f"{p.name} ({p.type}) {what} {src} feature map to {dst} and the classifier runs "
                 f"once; no map of where things are")
-    return f"-> the original gives one prediction for the {height}x{width} image"
+    return f"-> the original gives one prediction for the {width}x{height} image"
