@@ -108,7 +108,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     for k, v in meta.items():
         try:
             out[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deep to parse: as written
             out[k] = v
     return out
 

@@ -30,6 +30,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 _JPEG_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}  # start-of-frame markers; C4/C8/CC are not
 _ORIENTATION = 0x0112
+# TIFF integer types by code: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
 
 
 class ImageError(ValueError):
@@ -242,7 +244,7 @@ def _probe(data: bytes) -> tuple[str, tuple[int, int] | None, bytes | None, bool
         elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
             kind = "WebP"
             size, exif = _probe_webp(data)
-        elif data[:4] in (b"II*\0", b"MM\0*"):
+        elif data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):  # TIFF, BigTIFF
             kind = "TIFF"
             tags = _tiff_tags(data)
             size = (tags[257], tags[256]) if 256 in tags and 257 in tags else None
@@ -324,18 +326,26 @@ def _probe_webp(data: bytes) -> tuple[tuple[int, int] | None, bytes | None]:
 
 
 def _tiff_tags(tiff: bytes) -> dict[int, int]:
-    """The single SHORT or LONG values in the first IFD of a TIFF structure (a TIFF file, or EXIF)."""
+    """The single integer values in the first IFD of a TIFF structure (TIFF, BigTIFF or EXIF).
+
+    As libtiff reads them: any integer type, and the first entry of a tag that occurs twice.
+    """
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     tags: dict[int, int] = {}
     if order is None:
         return tags
     try:
-        offset, = struct.unpack_from(order + "I", tiff, 4)
-        count, = struct.unpack_from(order + "H", tiff, offset)
-        for entry in range(offset + 2, offset + 2 + 12 * count, 12):
-            tag, kind, number = struct.unpack_from(order + "HHI", tiff, entry)
-            if number == 1 and kind in (3, 4):
-                tags[tag], = struct.unpack_from(order + ("H" if kind == 3 else "I"), tiff, entry + 8)
+        big = struct.unpack_from(order + "H", tiff, 2)[0] == 43
+        # classic: 4-byte offsets, 2-byte entry count, 12-byte entries; BigTIFF: 8, 8, 20
+        offset, = struct.unpack_from(order + ("Q" if big else "I"), tiff, 8 if big else 4)
+        count, = struct.unpack_from(order + ("Q" if big else "H"), tiff, offset)
+        header, size, inline = (order + "HHQ", 20, 8) if big else (order + "HHI", 12, 4)
+        first = offset + (8 if big else 2)
+        for entry in range(first, first + size * count, size):
+            tag, kind, number = struct.unpack_from(header, tiff, entry)
+            code = _TIFF_INTEGERS.get(kind)
+            if number == 1 and code is not None and struct.calcsize(code) <= inline and tag not in tags:
+                tags[tag], = struct.unpack_from(order + code, tiff, entry + size - inline)
     except struct.error:  # a damaged IFD: keep what was read
         pass
     return tags

@@ -230,6 +230,57 @@ def test_png_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     _raises(_save(tmp_path / "bomb.png", bomb), "10000000000 pixels exceeds the limit of 178956970")
 
 
+def _tiff(width: int, height: int, rgb: bytes, *, kinds: tuple[int, int] = (4, 4), big: bool = False,
+          extra: tuple[tuple[int, int, int], ...] = ()) -> bytes:
+    """An uncompressed RGB TIFF (or BigTIFF) written by hand, its width and height tags of the given types.
+
+    `extra` entries (tag, type, value) come first among entries of the same tag.
+    """
+    codes = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i"}
+    entry, inline = ("<HHQ", 8) if big else ("<HHI", 4)  # entries: 20 or 12 bytes
+    tags = sorted([*extra, (256, kinds[0], width), (257, kinds[1], height), (259, 3, 1), (262, 3, 2),
+                   (273, 4, 0), (277, 3, 3), (278, 4, height), (279, 4, len(rgb))], key=lambda t: t[0])
+    header = b"II+\0" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\0" + struct.pack("<I", 8)
+    tail = b"" if big else struct.pack("<HHHH", 8, 8, 8, 0)  # classic: BitsPerSample does not fit inline
+    tail_at = len(header) + (8 if big else 2) + (len(tags) + 1) * (4 + 2 * inline) + inline
+    start = tail_at + len(tail)  # the pixels
+    bits = struct.pack(entry, 258, 3, 3) + (struct.pack("<HHHH", 8, 8, 8, 0) if big else struct.pack("<I", tail_at))
+    entries = [struct.pack(entry, tag, kind, 1)
+               + struct.pack("<" + codes[kind], start if tag == 273 else value).ljust(inline, b"\0")
+               for tag, kind, value in tags]
+    entries.insert(next(i for i, t in enumerate(tags) if t[0] > 258), bits)
+    data = header + struct.pack("<Q" if big else "<H", len(entries)) + b"".join(entries) + bytes(inline) + tail
+    assert len(data) == start
+    return data + rgb
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["TIFF", "BigTIFF"])
+@pytest.mark.parametrize("kinds", [(4, 4), (3, 3), (9, 9), (8, 8), (1, 1)], ids=["LONG", "SHORT", "SLONG", "SSHORT", "BYTE"])
+def test_tiff_size_of_any_integer_type_is_checked_before_decoding(tmp_path, monkeypatch, kinds, big):
+    """libtiff takes a width or height of any integer type; the header check read only SHORT and LONG."""
+    rgb = CAT[:20, :30]
+    path = _save(tmp_path / "small.tif", _tiff(30, 20, rgb.tobytes(), kinds=kinds, big=big))
+    np.testing.assert_array_equal(read_image(path), rgb)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded although the header is over the limit")
+    monkeypatch.setattr(images.cv2, "imdecode", refuse)
+    _raises(path, "600 pixels exceeds the limit of 599", max_pixels=599)
+
+
+def test_tiff_tag_given_twice_counts_once_as_libtiff_reads_it(tmp_path, monkeypatch):
+    """libtiff keeps the first of a repeated tag: a huge first width must not hide behind a small second."""
+    rgb = CAT[:20, :30]
+    data = _tiff(30, 20, rgb.tobytes(), extra=((256, 4, 30),))
+    np.testing.assert_array_equal(read_image(_save(tmp_path / "twice.tif", data)), rgb)
+    huge = _tiff(30, 20, rgb.tobytes(), extra=((256, 9, 1_000_000),))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded although the header is over the limit")
+    monkeypatch.setattr(images.cv2, "imdecode", refuse)
+    _raises(_save(tmp_path / "huge.tif", huge), "20000000 pixels exceeds the limit of 1000000", max_pixels=1_000_000)
+
+
 def test_pixel_limit_is_checked_after_decoding_unparsed_formats(tmp_path):
     ppm = b"P6\n30 20\n255\n" + CAT[:20, :30].tobytes()  # PNM: no header parser here, OpenCV decodes it
     path = _save(tmp_path / "small.ppm", ppm)
