@@ -7,7 +7,7 @@ from test_convert import FlattenInClassifier, ViewSize, BatchNormHead
 from torch import nn
 rows = []
 def run(name, model, size=(224, 224), mean=False):
-    fcn = convert(model)
+    fcn = convert(model, cells="activation" if mean else "window")
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a = model(x); b = fcn(x)
@@ -21,7 +21,9 @@ run("hand-written VGG, Flatten in classifier", randomize(FlattenInClassifier()))
 run("hand-written VGG, x.view(x.size(0), -1)", randomize(ViewSize()))
 run("fine-tuned head with BatchNorm1d", randomize(BatchNormHead()))
 for n, size in [("resnet18", (256, 320)), ("resnet18", (480, 352)), ("mobilenet_v2", (480, 352)), ("efficientnet_b0", (288, 224)), ("densenet121", (256, 320))]:
-    run(n + " (spatial mean)", build(getattr(torchvision.models, n)), size, mean=True)
+    run(n + " (CAM, spatial mean)", build(getattr(torchvision.models, n)), size, mean=True)
+for n in ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"]:  # one window
+    run(n + " (window cell)", build(getattr(torchvision.models, n)))
 print("| model | input | head kind | max abs logit | max abs (converted - original) |")
 print("| --- | --- | --- | --- | --- |")
 for r in rows: print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3g} | {r[4]:.2e} |")
