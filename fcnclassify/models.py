@@ -312,7 +312,7 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"{path}: the converted head has {classes} classes but got "
                          f"--num-classes {num_classes}")
-    input_size = int(meta.get("input_size", input_size))
+    input_size = _meta_int(meta, "input_size", input_size, path)
     original = _empty(name, classes)
     # files written before window cells existed hold a class-activation head
     stored_cells = meta.get("cells", "activation" if meta.get("format") == FORMAT else "window")
@@ -321,10 +321,38 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
     restore_original(original, fcn)
     if stored_cells != cells:
         fcn = convert(original, input_size=input_size, cells=cells)
-    norm = meta.get("normalization")
-    normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"])) if norm else None
+    categories = meta.get("categories")
+    if categories is not None and not (isinstance(categories, list)
+                                       and all(isinstance(c, str) for c in categories)):
+        raise ValueError(f"{path}: expected 'categories' in its metadata to be a list of names "
+                         f"but got {str(categories)[:60]!r}")
     return _finish(name, original, str(path), labels=labels, input_size=input_size, fcn=fcn,
-                   categories=meta.get("categories"), normalization=normalization)
+                   categories=categories, normalization=_meta_normalization(meta, path))
+
+
+def _meta_int(meta: dict, key: str, default: int, path: Path, *, low: int = 1,
+              high: int = 65536) -> int:
+    """An integer field of a converted file's metadata, checked: a damaged file says so."""
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{path}: expected '{key}' in its metadata to be a whole number in "
+                         f"{low}..{high} but got {str(value)[:60]!r}")
+    return value
+
+
+def _meta_normalization(meta: dict, path: Path) -> Normalization | None:
+    norm = meta.get("normalization")
+    if norm is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in norm[k]) for k in ("mean", "std"))
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError
+    except (TypeError, KeyError, ValueError):
+        raise ValueError(f"{path}: expected 'normalization' in its metadata to be "
+                         f"{{'mean': [3 numbers], 'std': [3 positive numbers]}} but got "
+                         f"{str(norm)[:60]!r}") from None
+    return Normalization(mean, std)
 
 
 def _empty(name: str, num_classes: int) -> nn.Module:

@@ -561,9 +561,6 @@ def test_mutated_weights_through_load_model(resnet_files, tmp_path):
     tally.check("load_model")
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, RuntimeError),
-                   reason="models._load_converted uses a converted file's metadata without checking its types "
-                          "(TypeError / RuntimeError instead of ValueError); the fix belongs in models.py")
 @pytest.mark.parametrize("key, value", [("normalization", "{"), ("categories", "5"), ("input_size", "[1]"),
                                         ("input_size", "1e9")])
 def test_converted_metadata_of_the_wrong_type_is_a_value_error(resnet_files, tmp_path, key, value):
