@@ -81,11 +81,19 @@ def test_boxes_by_hand(vgg16, alexnet):
     assert alexnet.geometry.receptive_field == 355 and alexnet.geometry.center == 111.5
 
 
-def test_resnet_cells_are_stride_tiles():
-    g = convert(torchvision.models.resnet18().eval()).geometry
+def test_resnet_activation_cells_are_stride_tiles():
+    g = convert(torchvision.models.resnet18().eval(), cells="activation").geometry
     assert (g.window, g.stride, g.receptive_field) == (32, 32, 435)
     assert g.center == 0.5  # cell (0, 0) is centred on pixel 0: every layer pads symmetrically
     assert g.box(0, 0) == (-15, -15, 17, 17)
+
+
+def test_resnet_window_cells_are_224_crops():
+    g = convert(torchvision.models.resnet18().eval()).geometry
+    # 7x7 activation cells at stride 1: 435 + 6 * 32 of receptive field, centred on cell 3's 96.5
+    assert (g.window, g.stride, g.offset, g.receptive_field, g.center) == (224, 32, 0, 627, 96.5)
+    assert g.box(0, 0) == (0, 0, 224, 224) and g.box(1, 2) == (64, 32, 288, 256)
+    assert g.output_size(224, 224) == (1, 1) and g.output_size(400, 600) == (13 - 6, 19 - 6)
 
 
 def test_squeeze_excitation_is_global_context():
