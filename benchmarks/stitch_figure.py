@@ -25,7 +25,8 @@ def main() -> None:
     cls = model.class_index(args.class_name)
     panels, titles = [photo], [f"chelsea ({photo.shape[1]}x{photo.shape[0]})"]
     for factor in (1, 2, 4):
-        prediction = predict(model, photo, stride_factor=factor)
+        # one size (the photo's shorter side at 448), not mirrored: one map per stride
+        prediction = predict(model, photo, sizes=(448,), flip=False, stride_factor=factor)
         (m,) = prediction.maps
         cells = m.probabilities()[cls].numpy()
         # each cell as a flat block: shows the grid itself, not an interpolation of it
