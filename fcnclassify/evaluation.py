@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import crops as _crops
 from .aggregate import fuse
-from .dense import dense_evaluate, resolve_device, resolve_dtype
+from .dense import dense_evaluate, resolve
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
 from .scales import VGG_SIZES, vgg_sizes
 
@@ -212,8 +212,7 @@ def evaluate(
     _check_protocol(protocol)
     if not samples:
         raise ValueError("expected at least one labelled image but got none")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dev, dt = resolve(device, dtype)
     # move both networks once, not once per image
     prepared = _prepared_copy(model, dev, dt)
     correct1 = correct5 = 0
