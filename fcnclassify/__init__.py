@@ -20,7 +20,7 @@ from .memory import activation_memory, parse_memory  # noqa: E402
 from .models import LoadedModel, Normalization, available_models, load_model  # noqa: E402
 from .pipeline import dense_maps, iter_images  # noqa: E402
 from .predict import Prediction, predict  # noqa: E402
-from .render import colorize, grid, overlay  # noqa: E402
+from .outputs.render import colorize, grid, overlay  # noqa: E402
 from .scoremap import ScoreMap  # noqa: E402
 from .stitch import shift_and_stitch, stitched_evaluate  # noqa: E402
 from .tiling import tiled_forward  # noqa: E402

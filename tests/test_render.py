@@ -9,7 +9,7 @@ import torch
 
 from fcnclassify.geometry import Geometry
 from fcnclassify.images import write_image
-from fcnclassify.render import COLORMAPS, colorize, draw_legend, grid, overlay
+from fcnclassify.outputs.render import COLORMAPS, colorize, draw_legend, grid, overlay
 from fcnclassify.scoremap import ScoreMap
 
 # window 64, stride 32, offset 0: cell (i, j) covers x in [32 j, 32 j + 64), centred at 32 j + 32

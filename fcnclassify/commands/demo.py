@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..render import COLORMAPS
+from ..outputs.render import COLORMAPS
 from .heatmap import DEFAULT_OUT, existing_outputs, write_outputs
 
 HELP = "run the offline model on a scene composed from scikit-image's photos and check the peaks"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..images import write_image
-from ..render import COLORMAPS, grid, overlay
+from ..outputs.render import COLORMAPS, grid, overlay
 from ._loop import describe_maps
 from ._options import add_evaluation_options, add_model_options, load_from_args
 

@@ -123,7 +123,7 @@ def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 3
     columns = len(panels) if columns is None else columns
     if columns < 1:
         raise ValueError(f"expected at least one column but got {columns}")
-    from .images import resize
+    from ..images import resize
 
     scale = min(height / 700 * 1.6, 1.0)
     thickness = max(1, round(scale * 1.6))
