@@ -150,10 +150,18 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return images
 
 
-def write_image(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False) -> None:
-    """Writes an RGB image, in the format of the extension (JPEG at OpenCV's quality 95).
+def write_image(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False,
+                quality: int | None = None) -> None:
+    """Writes an RGB image, in the format of the extension.
 
     The file appears whole or not at all: it is written beside the target, then renamed over it.
+
+    Args:
+        path: the file; its extension chooses the format.
+        rgb: ``(H, W, 3)`` uint8.
+        overwrite: replace an existing file.
+        quality: 1..100 for JPEG (default: OpenCV's 95) and WebP (default: lossless); PNG, TIFF and
+            BMP are lossless and take none.
 
     Raises:
         FileExistsError: The file exists and ``overwrite`` is False.
@@ -164,9 +172,18 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = F
         raise ValueError(f"expected an extension in {IMAGE_EXTENSIONS}, but got {path.name!r}")
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, but got shape {rgb.shape} and dtype {rgb.dtype}")
+    params = []
+    if quality is not None:
+        flag = {".jpg": cv2.IMWRITE_JPEG_QUALITY, ".jpeg": cv2.IMWRITE_JPEG_QUALITY,
+                ".webp": cv2.IMWRITE_WEBP_QUALITY}.get(extension)
+        if flag is None:
+            raise ValueError(f"expected no quality for the lossless {extension} but got {quality}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"expected a quality in 1..100 but got {quality}")
+        params = [flag, int(quality)]
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass --force to overwrite it)")
-    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {extension}")
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -150,3 +150,20 @@ def test_bad_arguments_name_the_value():
         overlay(image.astype(np.float64), np.zeros((10, 10)))
     with pytest.raises(ValueError, match="2 titles for 1 panels"):
         grid([image], ["a", "b"])
+
+
+def test_grid_wider_than_the_cap_is_the_uncapped_grid_shrunk():
+    wide = np.zeros((100, 1000, 3), np.uint8)
+    wide[:, :500] = (255, 0, 0)
+    panels, titles = [wide, wide, wide], ["a", "b", "c"]
+    uncapped = grid(panels, titles, height=80)
+    assert uncapped.shape[1] == 3 * 800 + 2 * 4  # each panel 80 high, 800 wide
+    capped = grid(panels, titles, height=80, max_width=600)
+    height = round(uncapped.shape[0] * 600 / uncapped.shape[1])
+    assert capped.shape == (height, 600, 3)
+    # the reference: the uncapped grid, area-averaged to the capped size
+    reference = cv2.resize(uncapped, (600, height), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(capped, reference)
+    np.testing.assert_array_equal(grid(panels, titles, height=80, max_width=5000), uncapped)  # no cap hit
+    with pytest.raises(ValueError, match="at least 16 pixels but got 8"):
+        grid(panels, titles, max_width=8)

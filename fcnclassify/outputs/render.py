@@ -102,7 +102,7 @@ def draw_legend(image: np.ndarray, lines: str | Sequence[str], *, opacity: float
 
 
 def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 320,
-         columns: int | None = None, gap: int = 4) -> np.ndarray:
+         columns: int | None = None, gap: int = 4, max_width: int | None = None) -> np.ndarray:
     """Panels side by side, each resized to ``height`` pixels (aspect kept) under its title.
 
     Args:
@@ -111,6 +111,7 @@ def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 3
         height: panel height in pixels (panels are never enlarged beyond twice their size).
         columns: panels per row; None: all in one row.
         gap: white pixels between panels.
+        max_width: a wider grid is shrunk as a whole (aspect kept) to this many pixels; None: no cap.
 
     Returns:
         One RGB uint8 image.
@@ -123,6 +124,8 @@ def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 3
     columns = len(panels) if columns is None else columns
     if columns < 1:
         raise ValueError(f"expected at least one column but got {columns}")
+    if max_width is not None and max_width < 16:
+        raise ValueError(f"expected a maximum width of at least 16 pixels but got {max_width}")
     from ..images import resize
 
     scale = min(height / 700 * 1.6, 1.0)
@@ -146,7 +149,10 @@ def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 3
     row_images = [_hstack(row, gap) for row in rows]
     total_w = max(r.shape[1] for r in row_images)
     padded = [np.pad(r, ((0, 0), (0, total_w - r.shape[1]), (0, 0)), constant_values=255) for r in row_images]
-    return _vstack(padded, gap)
+    picture = _vstack(padded, gap)
+    if max_width is not None and picture.shape[1] > max_width:
+        picture = resize(picture, (max(1, round(picture.shape[0] * max_width / picture.shape[1])), max_width))
+    return picture
 
 
 def _hstack(images: list[np.ndarray], gap: int) -> np.ndarray:
