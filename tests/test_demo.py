@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import cv2
@@ -12,6 +13,7 @@ from skimage import data
 
 from fcnclassify import cli
 from fcnclassify.images import resize
+from fcnclassify.outputs.files import MANIFEST
 from fcnclassify.scene import SCENE_SCALES, SCENE_SIZE, compose_scene
 
 
@@ -89,15 +91,25 @@ def test_demo_command_writes_overlays_and_reports_every_peak_inside(tmp_path, li
     assert len(rows) == 5 and all(row.endswith("yes") for row in rows), stdout
     assert "5/5 peaks inside their objects" in stdout
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["scene.png", "scene_1_egyptian-cat.png", "scene_2_espresso.png",
-                     "scene_3_projectile.png", "scene_4_moped.png", "scene_5_tripod.png", "scene_grid.png"]
+    written = ["scene.png", "scene_1_egyptian-cat.jpg", "scene_2_espresso.jpg", "scene_3_projectile.jpg",
+               "scene_4_moped.jpg", "scene_5_tripod.jpg", "scene_grid.jpg"]
+    assert names == sorted([*written, MANIFEST])
     scene = cv2.imread(str(out / "scene.png"), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(scene[:, :, ::-1], compose_scene()[0])  # written in RGB order
-    assert cv2.imread(str(out / "scene_1_egyptian-cat.png")).shape == (*SCENE_SIZE, 3)
+    assert cv2.imread(str(out / "scene_1_egyptian-cat.jpg")).shape == (*SCENE_SIZE, 3)
+    entry = json.loads((out / MANIFEST).read_text())["images"]["scene"]
+    assert entry["complete"] and entry["input"] is None and sorted(entry["files"]) == written
 
     # a second run refuses to overwrite, and leaves the files alone
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert cli.main(["demo", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already exists" in err[0] and "--force" in err[0]
+    assert err == [f"fcnclassify demo: error: {out / 'scene.png'}: already exists (and 6 more) "
+                   f"(pass --force to overwrite it)"]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    # --force --format png replaces the whole set: no JPEG is left beside the PNGs
+    assert cli.main(["demo", "--out", str(out), "--force", "--format", "png", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST, "scene.png", *(n.replace(".jpg", ".png") for n in written[1:])])

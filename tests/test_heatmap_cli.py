@@ -18,6 +18,7 @@ from skimage import data
 from fcnclassify import cli
 from fcnclassify.commands import heatmap
 from fcnclassify.images import write_image
+from fcnclassify.outputs.files import MANIFEST, slug
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +107,18 @@ def test_json_scores_match_the_original_model_and_peaks_lie_in_the_image(cached,
 
     cat = image["classes"][0]
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["keep.txt", "chelsea_grid.png", *(
-        f"chelsea_{rank}_{heatmap.slug(c['label'])}.png" for rank, c in enumerate(image["classes"], 1))])
-    overlay = cv2.imread(str(out / f"chelsea_1_{heatmap.slug(cat['label'])}.png"), cv2.IMREAD_COLOR)
+    assert names == sorted(["keep.txt", MANIFEST, "chelsea-png_grid.jpg", *(
+        f"chelsea-png_{rank}_{slug(c['label'])}.jpg" for rank, c in enumerate(image["classes"], 1))])
+    assert [c["overlay"] for c in image["classes"]] == [
+        str(out / f"chelsea-png_{rank}_{slug(c['label'])}.jpg") for rank, c in enumerate(image["classes"], 1)]
+    overlay = cv2.imread(str(out / f"chelsea-png_1_{slug(cat['label'])}.jpg"), cv2.IMREAD_COLOR)
     assert overlay.shape == (height, width, 3)  # the image's own resolution
 
 
 def test_alpha_zero_leaves_the_photo_in_rgb_order(cached, chelsea, out, capsys):
-    code, _, _ = run(capsys, chelsea, "--topk", "1", "--alpha", "0", "--out", out)
+    code, _, _ = run(capsys, chelsea, "--topk", "1", "--alpha", "0", "--format", "png", "--out", out)
     assert code == 0
-    (path,) = out.glob("chelsea_1_*.png")
+    (path,) = out.glob("chelsea-png_1_*.png")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     photo = data.chelsea()
     np.testing.assert_array_equal(bgr[100:, :, ::-1], photo[100:])  # below the legend: the photo
@@ -129,14 +132,15 @@ def test_red_stays_red_and_reaches_the_model_as_red(cached, tmp_path, out, capsy
     seen = []
     handle = cached.fcn.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     try:
-        code, _, _ = run(capsys, path, "--topk", "1", "--alpha", "0.3", "--device", "cpu", "--out", out)
+        code, _, _ = run(capsys, path, "--topk", "1", "--alpha", "0.3", "--device", "cpu", "--format", "png",
+                         "--out", out)
     finally:
         handle.remove()
     assert code == 0 and len(seen) == 1
     x = seen[0][0]  # (3, H, W): (255 - 127) / 128 = 1 in channel 0, (0 - 127) / 128 elsewhere
     torch.testing.assert_close(x[0], torch.full_like(x[0], 1.0))
     torch.testing.assert_close(x[1:], torch.full_like(x[1:], -127 / 128))
-    (overlay,) = out.glob("red_1_*.png")
+    (overlay,) = out.glob("red-png_1_*.png")
     bgr = cv2.imread(str(overlay), cv2.IMREAD_COLOR).astype(int)[60:]  # below the legend
     assert np.all(bgr[..., 2] >= 178) and np.all(bgr[..., 2] > bgr[..., 1] + 100)
     assert np.all(bgr[..., 2] > bgr[..., 0] + 100)
@@ -148,9 +152,9 @@ def test_classes_by_name_and_id_and_raw_maps(cached, lite_activation, chelsea, o
     assert code == 0
     image = json.loads(stdout)["images"][0]
     assert [c["id"] for c in image["classes"]] == [281, 285]
-    assert (out / "chelsea_1_tabby.png").is_file() and (out / "chelsea_2_egyptian-cat.png").is_file()
+    assert (out / "chelsea-png_1_tabby.jpg").is_file() and (out / "chelsea-png_2_egyptian-cat.jpg").is_file()
 
-    maps = np.load(out / "chelsea_maps.npz")
+    maps = np.load(out / "chelsea-png_maps.npz")
     geometry = lite_activation.fcn.geometry
     assert (maps["window"], maps["stride"], maps["offset"], maps["receptive_field"]) == (
         geometry.window, geometry.stride, geometry.offset, geometry.receptive_field)
@@ -165,23 +169,25 @@ def test_classes_by_name_and_id_and_raw_maps(cached, lite_activation, chelsea, o
                                original_probabilities(lite_activation, data.chelsea()), rtol=1e-3, atol=1e-5)
 
 
-def test_existing_output_is_refused_and_left_unchanged(cached, chelsea, out, capsys):
-    (out / "chelsea_grid.png").write_bytes(b"old")
-    code, stdout, err = run(capsys, chelsea, "--out", out)
+@pytest.mark.parametrize("resume", [False, True])
+def test_existing_output_is_refused_and_left_unchanged(cached, chelsea, out, capsys, resume):
+    (out / "chelsea-png_grid.jpg").write_bytes(b"old")  # not in a manifest: --resume does not take it
+    code, stdout, err = run(capsys, chelsea, "--out", out, *(["--resume"] if resume else []))
     assert code == 2 and stdout == ""
-    assert len(err) == 1 and "chelsea_grid.png" in err[0] and "--force" in err[0]
-    assert (out / "chelsea_grid.png").read_bytes() == b"old"
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea_grid.png", "keep.txt"]
+    assert err == [f"fcnclassify heatmap: error: {out / 'chelsea-png_grid.jpg'}: already exists "
+                   f"(pass --force to overwrite it)"]
+    assert (out / "chelsea-png_grid.jpg").read_bytes() == b"old"
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea-png_grid.jpg", "keep.txt"]
 
 
 def test_force_replaces_the_earlier_overlay_of_another_class(cached, chelsea, out, capsys):
-    (out / "chelsea_1_tabby.png").write_bytes(b"old")  # rank 1 was tabby in an earlier run
+    (out / "chelsea-png_7_tabby.png").write_bytes(b"old")  # rank 7 was tabby in an earlier run
     code, _, err = run(capsys, chelsea, "--out", out)
-    assert code == 2 and "chelsea_1_tabby.png" in err[0]  # any overlay at that rank counts
+    assert code == 2 and "chelsea-png_7_tabby.png" in err[0]  # any overlay of the image counts
     code, _, _ = run(capsys, chelsea, "--topk", "1", "--force", "--out", out)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea_1_egyptian-cat.png", "chelsea_grid.png",
-                                                     "keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea-png_1_egyptian-cat.jpg", "chelsea-png_grid.jpg",
+                                                     MANIFEST, "keep.txt"]
 
 
 @pytest.mark.parametrize("content, message", [(b"", "file is empty"), (None, "no such file or directory")])
@@ -192,8 +198,8 @@ def test_bad_image_among_good_ones_is_reported_and_skipped(cached, chelsea, out,
     code, _, err = run(capsys, bad, chelsea, "--topk", "1", "--out", out)
     assert code == 2  # as classify does: the others are processed, the exit code tells
     assert err == [f"fcnclassify heatmap: error: {bad}: {message}"]
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea_1_egyptian-cat.png", "chelsea_grid.png",
-                                                     "keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea-png_1_egyptian-cat.jpg", "chelsea-png_grid.jpg",
+                                                     MANIFEST, "keep.txt"]
 
 
 def _truncated_jpeg(path):
@@ -252,22 +258,152 @@ def test_weights_of_the_wrong_shape_exit_2(chelsea, tmp_path, out, capsys):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_bad_options_exit_2(cached, chelsea, tmp_path, out, capsys):
-    code, _, err = run(capsys, chelsea, "--alpha", "1.5", "--out", out)
-    assert code == 2 and len(err) == 1 and "1.5" in err[0]
-    twin = tmp_path / "twin" / "chelsea.jpg"
-    twin.parent.mkdir()
-    write_image(twin, data.chelsea())
-    code, _, err = run(capsys, chelsea, twin, "--out", out)
-    assert code == 2 and len(err) == 1 and "same outputs" in err[0]
+@pytest.mark.parametrize("option, message", [
+    (["--alpha", "1.5"], "expected --alpha in [0, 1] but got 1.5"),
+    (["--colormap", "nosuchmap"], "but got 'nosuchmap'"),
+])
+def test_bad_options_exit_2(cached, chelsea, out, capsys, option, message):
+    code, _, err = run(capsys, chelsea, *option, "--out", out)
+    assert code == 2 and len(err) == 1 and message in err[0], err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_another_images_grid_is_not_taken_for_an_overlay(tmp_path):
-    """``a_1_grid.png`` is the grid of image ``a_1``, not rank 1 of image ``a``: never refused or deleted."""
-    from fcnclassify.commands.heatmap import existing_outputs, slug
+@pytest.mark.parametrize("option", [["--quality", "0"], ["--quality", "101"], ["--grid-width", "8"],
+                                    ["--format", "gif"]])
+def test_bad_output_options_are_refused_by_the_parser(chelsea, out, capsys, option):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["heatmap", str(chelsea), "--out", str(out), *option])
+    assert exit.value.code == 2 and option[1] in capsys.readouterr().err
 
-    (tmp_path / "a_1_grid.png").write_bytes(b"grid of a_1")
-    (tmp_path / "a_2_tabby.png").write_bytes(b"overlay of a")
-    assert existing_outputs(tmp_path, "a", 3) == [tmp_path / "a_2_tabby.png"]
-    assert slug("Grid") == "grid-class" and slug("Egyptian cat") == "egyptian-cat"
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three small photos: a cat, a coffee cup, an astronaut."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, photo in [("a_cat.png", data.chelsea()), ("b_coffee.jpg", data.coffee()),
+                        ("c_astronaut.png", data.astronaut())]:
+        write_image(folder / name, cv2.resize(photo, (288, 240), interpolation=cv2.INTER_AREA))
+    return folder
+
+
+def listing(folder, *, manifest=False):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if manifest or p.name != MANIFEST}
+
+
+def test_ctrl_c_leaves_whole_sets_and_resume_finishes_exactly_the_rest(cached, folder, tmp_path, out, capsys,
+                                                                       monkeypatch):
+    import importlib
+
+    predict_module = importlib.import_module("fcnclassify.predict")
+    real_predict = predict_module.predict
+    calls = []
+
+    def interrupted(model, image, **kwargs):
+        calls.append(image.shape)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_predict(model, image, **kwargs)
+
+    options = ["--sizes", "224", "--topk", "2", "--quiet"]
+    reference = tmp_path / "reference"
+    code, stdout, _ = run(capsys, folder, *options, "--out", reference, "--json")
+    assert code == 0
+    reference_document = json.loads(stdout)
+
+    monkeypatch.setattr(predict_module, "predict", interrupted)
+    assert run(capsys, folder, *options, "--out", out)[0] == 130
+    monkeypatch.setattr(predict_module, "predict", lambda model, image, **kw: (calls.append(image.shape),
+                                                                               real_predict(model, image, **kw))[1])
+    calls.clear()
+    code, stdout, err = run(capsys, folder, *options, "--out", out, "--resume", "--json")
+    assert code == 0 and len(calls) == 2  # the coffee and the astronaut, not the cat again
+    assert err == [f"fcnclassify heatmap: note: 1 image(s) already done in {out} (--resume): skipped"]
+    assert listing(out) == {"keep.txt": b"mine", **listing(reference)}  # byte for byte
+    document = json.loads(stdout)  # all three images, the skipped one from the manifest
+    for image, expected in zip(document["images"], reference_document["images"], strict=True):
+        assert image["image"] == expected["image"]
+        assert [c["id"] for c in image["classes"]] == [c["id"] for c in expected["classes"]]
+        assert [c["score"] for c in image["classes"]] == [c["score"] for c in expected["classes"]]
+
+    calls.clear()  # all done: a second --resume evaluates nothing
+    code, _, err = run(capsys, folder, *options, "--out", out, "--resume")
+    assert code == 0 and calls == [] and "3 image(s) already done" in err[0]
+    # other options: that image's set is written again, said on stderr
+    code, _, err = run(capsys, folder / "a_cat.png", "--sizes", "224", "--topk", "1", "--quiet", "--out", out,
+                       "--resume")
+    assert code == 0 and len(calls) == 1
+    assert err == [f"fcnclassify heatmap: note: {folder / 'a_cat.png'}: its outputs were written with other "
+                   f"options, written again"]
+    assert sorted(n for n in listing(out) if n.startswith("a_cat")) == ["a_cat-png_1_egyptian-cat.jpg",
+                                                                      "a_cat-png_grid.jpg"]
+
+
+def test_same_stem_in_one_folder_and_same_name_in_two(cached, chelsea, tmp_path, out, capsys):
+    jpg = chelsea.with_suffix(".jpg")
+    write_image(jpg, data.chelsea())
+    twin = tmp_path / "twin" / "chelsea.png"
+    twin.parent.mkdir()
+    write_image(twin, data.chelsea())
+    code, _, err = run(capsys, chelsea.parent, twin, "--topk", "1", "--sizes", "224", "--quiet", "--out", out)
+    assert code == 0
+    assert err == [f"fcnclassify heatmap: note: 1 input(s) share a file name with another; their outputs are "
+                   f"numbered: {twin} -> chelsea-png-2_*"]
+    assert sorted(listing(out)) == sorted(["keep.txt", *(f"{key}_{name}" for key in
+                                                         ("chelsea-jpg", "chelsea-png", "chelsea-png-2")
+                                                         for name in ("1_egyptian-cat.jpg", "grid.jpg"))])
+
+
+def test_duplicate_classes_are_drawn_once_in_first_order(cached, chelsea, out, capsys):
+    code, stdout, err = run(capsys, chelsea, "--classes", "tabby", "285", "281", "TABBY", "--sizes", "224",
+                            "--json", "--out", out)
+    assert code == 0
+    assert err == ["fcnclassify heatmap: note: --classes names tabby more than once: one overlay each"]
+    assert [c["id"] for c in json.loads(stdout)["images"][0]["classes"]] == [281, 285]
+    assert sorted(listing(out)) == ["chelsea-png_1_tabby.jpg", "chelsea-png_2_egyptian-cat.jpg",
+                                    "chelsea-png_grid.jpg", "keep.txt"]
+
+
+@pytest.mark.parametrize("fmt, magic", [("jpg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
+def test_lossy_formats_decode_close_to_the_png_and_the_grid_is_capped(cached, tmp_path, out, capsys, fmt, magic):
+    wide = tmp_path / "wide.png"  # 4 photos side by side: an uncapped grid would be ~7700 pixels wide
+    write_image(wide, np.concatenate([cv2.resize(data.chelsea(), (300, 200))] * 4, axis=1))
+    decoded = {}
+    for kind, folder in [(fmt, out), ("png", tmp_path / "png")]:
+        code, _, _ = run(capsys, wide, "--topk", "1", "--sizes", "224", "--format", kind, "--out", folder)
+        assert code == 0
+        (overlay_path,) = folder.glob(f"wide-png_1_*.{kind}")
+        grid_path = folder / f"wide-png_grid.{kind}"
+        assert grid_path.read_bytes().startswith(magic if kind == fmt else b"\x89PNG")
+        assert overlay_path.read_bytes().startswith(magic if kind == fmt else b"\x89PNG")
+        decoded[kind] = (cv2.imread(str(overlay_path), cv2.IMREAD_COLOR), cv2.imread(str(grid_path)),
+                         overlay_path.stat().st_size)
+    (lossy, lossy_grid, lossy_bytes), (lossless, lossless_grid, lossless_bytes) = decoded[fmt], decoded["png"]
+    assert lossy.shape == lossless.shape == (200, 1200, 3)
+    assert lossy_grid.shape == lossless_grid.shape and lossless_grid.shape[1] == 2400  # --grid-width default
+    mse = np.mean((lossy.astype(float) - lossless.astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 30 and lossy_bytes < lossless_bytes / 2
+
+
+def test_grid_width_option(cached, chelsea, out, capsys):
+    code, _, _ = run(capsys, chelsea, "--topk", "1", "--sizes", "224", "--grid-width", "500", "--out", out)
+    assert code == 0
+    assert cv2.imread(str(out / "chelsea-png_grid.jpg")).shape[1] == 500
+
+
+@pytest.mark.parametrize("command", ["heatmap", "demo"])
+def test_command_modules_import_nothing_heavy_at_top_level(command):
+    """``fcnclassify --help`` imports every command module: their top level stays light."""
+    import ast
+    import importlib.util
+
+    path = importlib.util.find_spec(f"fcnclassify.commands.{command}").origin
+    tree = ast.parse(open(path).read())
+    allowed = {"__future__", "argparse", "sys", "._options", "._loop", ".heatmap"}
+    for node in tree.body:  # the module's own statements, not those inside functions
+        if isinstance(node, ast.Import):
+            assert {a.name for a in node.names} <= allowed, ast.unparse(node)
+        elif isinstance(node, ast.ImportFrom):
+            assert "." * node.level + (node.module or "") in allowed, ast.unparse(node)
+        elif isinstance(node, ast.If):  # only `if TYPE_CHECKING:` may import more
+            assert ast.unparse(node.test) == "TYPE_CHECKING"

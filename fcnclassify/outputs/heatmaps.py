@@ -1,0 +1,132 @@
+"""What one prediction leaves behind: an overlay per class with its legend, the grid, the raw maps
+and the JSON document, written as one set of an :class:`~fcnclassify.outputs.files.OutputFolder`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..images import write_image
+from .files import Job, OutputFolder, Writer, output_names
+from .render import grid, overlay
+
+if TYPE_CHECKING:
+    from ..predict import Prediction
+
+__all__ = ["DEFAULT_GRID_WIDTH", "DEFAULT_QUALITY", "describe", "describe_maps", "pictures",
+           "save_maps", "write_heatmaps"]
+
+DEFAULT_QUALITY = 90  # JPEG and WebP overlays: a 6000 x 4000 overlay is ~4 MB, not PNG's ~37 MB
+DEFAULT_GRID_WIDTH = 2400  # pixels
+
+
+def pictures(prediction: Prediction, classes: Sequence[int], *, alpha: float = 0.5,
+             colormap: str = "jet", grid_width: int | None = DEFAULT_GRID_WIDTH
+             ) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(overlays, grid)``: each class's heatmap over the photo with a legend, at the photo's
+    resolution, and the photo beside them (at most ``grid_width`` pixels wide)."""
+    overlays, titles = [], []
+    for rank, cls in enumerate(classes, 1):
+        label = prediction.categories[cls]
+        peak = prediction.peak(cls)
+        legend = [f"{rank}. {label}",
+                  f"best window p={peak['score']:.2f} (Q={peak['size']}) at "
+                  f"({peak['x']:.0f}, {peak['y']:.0f})",
+                  f"image-level p={float(prediction.probabilities[cls]):.3f}"]
+        overlays.append(overlay(prediction.image, prediction.heatmap(cls), alpha=alpha,
+                                colormap=colormap, legend=legend))
+        titles.append(f"{rank}. {label}: window p={peak['score']:.2f}")
+    panels = [prediction.image, *overlays]
+    name = Path(prediction.path).name if prediction.path else "image"
+    picture = grid(panels, [name, *titles], columns=3 if len(panels) > 4 else None,
+                   max_width=grid_width)
+    return overlays, picture
+
+
+def write_heatmaps(folder: OutputFolder, job: Job, prediction: Prediction, classes: Sequence[int],
+                   *, alpha: float = 0.5, colormap: str = "jet", format: str = "jpg",
+                   quality: int = DEFAULT_QUALITY, grid_width: int | None = DEFAULT_GRID_WIDTH,
+                   save_npz: bool = False, also: Mapping[str, Writer] | None = None) -> dict:
+    """Writes a prediction's overlays, grid and (optionally) maps as ``job``'s set in ``folder``.
+
+    Args:
+        format: ``"jpg"``, ``"webp"`` (at ``quality``) or ``"png"`` (lossless).
+        also: more files of the set, by name (the demo's scene).
+
+    Returns:
+        The image's JSON document (:func:`describe`) with the paths written; the manifest keeps it.
+    """
+    names = output_names(job.key, [prediction.categories[c] for c in classes], format=format,
+                         npz=save_npz)
+    overlays, picture = pictures(prediction, classes, alpha=alpha, colormap=colormap,
+                                 grid_width=grid_width)
+    lossy = None if format == "png" else quality
+
+    def image_writer(image: np.ndarray) -> Writer:
+        return lambda path: write_image(path, image, quality=lossy)
+
+    files: dict[str, Writer] = dict(also or {})
+    files.update({name: image_writer(image) for name, image in zip(names, [*overlays, picture])})
+    if save_npz:
+        files[names[-1]] = lambda path: save_maps(path, prediction)
+    paths = {name: str(folder.path / name) for name in names}
+    document = describe(prediction, classes, {
+        "overlays": [paths[n] for n in names[:len(classes)]], "grid": paths[names[len(classes)]],
+        "npz": paths[names[-1]] if save_npz else None})
+    folder.write(job, files, document=document)
+    return document
+
+
+def save_maps(path: str | Path, prediction: Prediction) -> None:
+    """``np.savez_compressed`` of the raw maps: ``logits_<k>`` ``(classes, h, w)`` float32 per map,
+    ``scale`` ``(maps, 2)`` (input pixels per original pixel, y and x), ``input_size`` ``(maps, 2)``,
+    ``flipped`` ``(maps,)``, ``image_size``, the geometry (``window``, ``stride``, ``offset``,
+    ``receptive_field``, ``center``, in input pixels) and ``categories``.
+
+    ``path`` should end in ``.npz`` (NumPy adds it otherwise)."""
+    maps = prediction.maps
+    geometry = maps[0].geometry
+    arrays = {f"logits_{k}": m.logits.numpy().astype(np.float32) for k, m in enumerate(maps)}
+    arrays.update(
+        scale=np.array([m.scale for m in maps], dtype=np.float64),
+        input_size=np.array([m.input_size for m in maps], dtype=np.int64),
+        flipped=np.array([m.flipped for m in maps], dtype=bool),
+        image_size=np.array(maps[0].image_size, dtype=np.int64),
+        window=np.int64(geometry.window), stride=np.int64(geometry.stride),
+        offset=np.int64(geometry.offset), receptive_field=np.int64(geometry.receptive_field),
+        center=np.float64(geometry.center), categories=np.array(prediction.categories, dtype=str),
+    )
+    np.savez_compressed(path, **arrays)
+
+
+def describe_maps(prediction: Prediction) -> list[dict]:
+    """The maps of a prediction for a JSON document: size Q, resize factor, flip and cells."""
+    return [{"size": min(m.input_size), "scale": round(min(m.scale), 6), "flipped": m.flipped,
+             "cells": list(m.shape)} for m in prediction.maps]
+
+
+def describe(prediction: Prediction, classes: Sequence[int], files: dict | None = None) -> dict:
+    """The JSON document of one image: size, maps and, per class, score, peak and overlay."""
+    height, width = prediction.image.shape[:2]
+    document = {"image": prediction.path, "width": width, "height": height,
+                "maps": describe_maps(prediction), "classes": []}
+    overlays = (files or {}).get("overlays") or [None] * len(classes)
+    for cls, overlay_path in zip(classes, overlays):
+        peak = prediction.peak(cls)
+        entry = {"id": int(cls), "label": prediction.categories[cls],
+                 "score": round(float(prediction.probabilities[cls]), 6),
+                 "peak": {"x": round(float(peak["x"]), 2), "y": round(float(peak["y"]), 2),
+                          "box": [round(float(v), 2) for v in peak["box"]],
+                          "score": round(float(peak["score"]), 6), "size": peak["size"],
+                          "scale": peak["scale"], "flipped": peak["flipped"]}}
+        if overlay_path is not None:
+            entry["overlay"] = overlay_path
+        document["classes"].append(entry)
+    if files:
+        document["grid"] = files["grid"]
+        if files.get("npz"):
+            document["npz"] = files["npz"]
+    return document
