@@ -1,9 +1,7 @@
 """max |converted - original| per head family, seeded random weights: ``python -m benchmarks.exactness`` (run from the repo root)."""
-import sys, torch, torchvision
-sys.path.insert(0, "tests")  # the tests' seeded-weight builders and hand-written VGG-style nets
-from conftest import build, randomize
+import torch, torchvision
 from fcnclassify import convert
-from test_convert import FlattenInClassifier, ViewSize, BatchNormHead
+from fcnclassify.network.seeded import BatchNormHead, FlattenInClassifier, ViewSize, build, randomize
 from torch import nn
 rows = []
 def run(name, model, size=(224, 224), mean=False):

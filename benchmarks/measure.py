@@ -7,7 +7,6 @@ no compute): it counts a multiply-add as 2 FLOPs, so FLOPs = 2 x MACs.
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from fcnclassify.network.seeded import randomize
 
 
 def sync(device: torch.device) -> None:
@@ -90,26 +91,13 @@ def _status_kib(key: str) -> int:
     raise ValueError(f"expected {key} in /proc/self/status")
 
 
-def random_weights(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Seeded weights scaled by 1/sqrt(fan_in), so logits are of order one (ranking means something)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.01)
-    return model.eval()
-
-
 def build(name: str) -> nn.Module:
     """A registry model with seeded random weights (nothing to download); lite0 with its real ones."""
     from fcnclassify.models import build_original, load_model
 
     if name == "efficientnet_lite0":
         return load_model(name).original
-    return random_weights(build_original(name))
+    return randomize(build_original(name))
 
 
 def timm_vgg16(original: nn.Module) -> nn.Module:

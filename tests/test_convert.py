@@ -8,9 +8,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from conftest import VGG16_NARROW, build, randomize, vgg_features
 from fcnclassify import FullyConvNet, convert, load_weights, save_weights
 from fcnclassify.checkpoint import load_state_dict
+from fcnclassify.network.seeded import (BatchNormHead, FlattenInClassifier, NarrowVGG, ViewSize, build,
+                                       randomize, vgg_features)
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -28,20 +29,49 @@ def _compare(model: nn.Module, size: int, *, input_size: int | None = None, seed
     return fcn
 
 
+def _cells_are_the_head_on_their_windows(model: nn.Module, fcn: FullyConvNet, size: tuple[int, int],
+                                         *, cells: int, step: int) -> None:
+    """The reference for a map of many cells: cell (i, j) is the original's own forward, with its
+    body replaced by the identity, on the original body's features over the cell's window
+    (``cells`` feature cells wide, ``step`` feature cells apart)."""
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(3))
+    body = model.features
+    with torch.no_grad():
+        features = body(x)
+        out = fcn(x)[0]
+        rows, columns = (features.shape[-2] - cells) // step + 1, (features.shape[-1] - cells) // step + 1
+        assert out.shape[-2:] == (rows, columns) == fcn.geometry.output_size(*size)
+        assert rows * columns > 1
+        model.features = nn.Identity()  # the original's head alone
+        try:
+            for i, j in {(0, 0), (0, columns - 1), (rows - 1, 0), (rows - 1, columns - 1),
+                         (rows // 2, columns // 2)}:
+                window = features[..., step * i:step * i + cells, step * j:step * j + cells]
+                torch.testing.assert_close(out[:, i, j], model(window.contiguous())[0], **TOL)
+        finally:
+            model.features = body
+
+
 @pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
                                   "vgg16_bn", "vgg19_bn"])
 def test_torchvision_vgg(name):
-    fcn = _compare(build(getattr(torchvision.models, name)), 224, batch=1)
+    model = build(getattr(torchvision.models, name))
+    fcn = _compare(model, 224, batch=1)
     assert fcn.kind == "fc"
+    # features 256 / 32 = 8 by 288 / 32 = 9 cells; a window is 224 / 32 = 7 of them: a 2x3 map
+    _cells_are_the_head_on_their_windows(model, fcn, (256, 288), cells=7, step=1)
     conv6 = fcn.head[0]
     assert isinstance(conv6, nn.Conv2d) and conv6.kernel_size == (7, 7)
     assert [m.kernel_size for m in fcn.head if isinstance(m, nn.Conv2d)][1:] == [(1, 1), (1, 1)]
 
 
 def test_alexnet_8_classes():
-    fcn = _compare(build(torchvision.models.alexnet, num_classes=8), 224)
+    model = build(torchvision.models.alexnet, num_classes=8)
+    fcn = _compare(model, 224)
     assert fcn.head[0].kernel_size == (6, 6)
     assert fcn.num_classes == 8
+    # 288: conv1 (288 + 4 - 11) // 4 + 1 = 71, pools 35, 17, 8 cells; a window 6: a 3x3 map
+    _cells_are_the_head_on_their_windows(model, fcn, (288, 288), cells=6, step=1)
 
 
 def test_vgg16_custom_3_class_head():
@@ -65,36 +95,6 @@ def test_weight_order_matters():
     assert (bad - good).abs().max() > 1e-2
 
 
-class _Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = vgg_features(VGG16_NARROW)
-
-
-class FlattenInClassifier(_Block):
-    """Flatten and AdaptiveAvgPool2d inside the classifier Sequential, as people write them."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(32 * 49, 64), nn.ReLU(True),
-            nn.Dropout(0.5), nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, classes))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-class ViewSize(_Block):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Linear(32 * 49, 32), nn.ReLU(), nn.Linear(32, 4))
-
-    def forward(self, x):
-        x = self.features(x)
-        x = x.view(x.size(0), -1)
-        return self.fc(x)
-
-
 class ViewShape(ViewSize):
     def forward(self, x):
         x = self.features(x)
@@ -106,21 +106,7 @@ class TorchFlatten(ViewSize):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-class BatchNormHead(_Block):
-    """A fine-tuned head: more FC layers, BatchNorm1d between them, Dropout anywhere."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Sequential(
-            nn.Dropout(0.2), nn.Linear(32 * 49, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Dropout(0.3),
-            nn.Linear(48, 40), nn.ReLU(), nn.BatchNorm1d(40), nn.Linear(40, 24), nn.GELU(),
-            nn.Linear(24, 8))
-
-    def forward(self, x):
-        return self.head(torch.flatten(self.features(x), 1))
-
-
-class SingleFC(_Block):
+class SingleFC(NarrowVGG):
     """Fewer FC layers: one Linear straight after the features (no pooling)."""
 
     def __init__(self):
@@ -135,15 +121,19 @@ class SingleFC(_Block):
                                  BatchNormHead, SingleFC])
 def test_hand_written_vgg_styles(cls):
     torch.manual_seed(0)
-    fcn = _compare(randomize(cls()), 224)
+    model = randomize(cls())
+    fcn = _compare(model, 224)
     assert fcn.kind == "fc" and fcn.head[0].kernel_size == (7, 7)
+    _cells_are_the_head_on_their_windows(model, fcn, (288, 320), cells=7, step=1)  # a 3x4 map
     assert fcn.geometry.stride == 32 and fcn.geometry.window == 224
     assert not any(isinstance(m, (nn.Dropout, nn.BatchNorm1d)) for m in fcn.modules())
 
 
 def test_batchnorm_between_activations_is_kept_as_2d():
-    fcn = convert(randomize(BatchNormHead()))
+    model = randomize(BatchNormHead())
+    fcn = convert(model)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fcn.head) == 1  # ReLU -> BN: not foldable
+    _cells_are_the_head_on_their_windows(model, fcn, (320, 256), cells=7, step=1)  # kept BN per cell
 
 
 def test_adaptive_pool_with_even_bins_becomes_fixed_pooling():
@@ -153,6 +143,8 @@ def test_adaptive_pool_with_even_bins_becomes_fixed_pooling():
     fcn = _compare(model, 448)
     assert isinstance(fcn.head[0], nn.AvgPool2d)
     assert fcn.geometry.window == 448 and fcn.geometry.stride == 64
+    # features 576 / 32 = 18 by 640 / 32 = 20; a window is 14 of them, 2 apart: a 3x4 map
+    _cells_are_the_head_on_their_windows(model, fcn, (576, 640), cells=14, step=2)
 
 
 POOLED = [("resnet18", (256, 320)), ("resnet18", (480, 352)), ("mobilenet_v2", (256, 320)),
@@ -317,7 +309,7 @@ class NoLinear(nn.Module):
         return self.conv(x).flatten(1)
 
 
-class Branchy(_Block):
+class Branchy(NarrowVGG):
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(32 * 49, 4)
@@ -328,7 +320,7 @@ class Branchy(_Block):
         return self.a(x) + self.b(x)
 
 
-class LayerNormHead(_Block):
+class LayerNormHead(NarrowVGG):
     def __init__(self):
         super().__init__()
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 49, 16), nn.LayerNorm(16),
@@ -338,7 +330,7 @@ class LayerNormHead(_Block):
         return self.classifier(self.features(x))
 
 
-class DataDependent(_Block):
+class DataDependent(NarrowVGG):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(32 * 49, 4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -10,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import VGG16_NARROW, randomize, vgg_features
-from fcnclassify.aggregate import fuse, fuse_heatmaps
 from fcnclassify.convert import convert
 from fcnclassify.dense import dense_evaluate
 from fcnclassify.models import IMAGENET, LoadedModel, load_model
+from fcnclassify.network.seeded import VGG16_NARROW, randomize, vgg_features
 from fcnclassify.predict import predict
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -60,10 +61,13 @@ def test_rescaled_map_is_in_original_pixels(tiny, photo):
          - torch.tensor(IMAGENET.mean).double().view(3, 1, 1)) / torch.tensor(IMAGENET.std).double().view(3, 1, 1)
     x = F.interpolate(x[None], size=(260, 300), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
-        torch.testing.assert_close(m.logits, tiny.fcn(x.float())[0], **TOL)
+        logits = tiny.fcn(x.float())[0]
+    torch.testing.assert_close(m.logits, logits, **TOL)
     # cell (1, 2): input window x 64..288, y 32..256 -> twice that in the original image
     assert m.box(1, 2) == (128.0, 64.0, 576.0, 512.0)
-    torch.testing.assert_close(prediction.probabilities, fuse(prediction.maps), rtol=0, atol=0)
+    # one map, the VGG rule by hand: the mean of the logits over the cells, then softmax
+    torch.testing.assert_close(prediction.probabilities.double(), logits.double().mean((1, 2)).softmax(0),
+                               **TOL)
 
 
 @pytest.mark.parametrize("options", [dict(scales=(0.5, 0.75)), dict(sizes=(224, 300), flip=True),
@@ -102,12 +106,19 @@ def test_sizes_and_scales_refuse_inputs_below_one_window(tiny, photo):
 
 
 def test_flip_and_scales_make_one_map_each(tiny, photo):
-    prediction = predict(tiny, photo, scales=(0.5, 0.45), flip=True, pool="max", over="probs")
+    fresh = LoadedModel("tiny", fcn=copy.deepcopy(tiny.fcn), original=tiny.original,
+                        categories=tiny.categories, normalization=IMAGENET, input_size=224)
+    ran = []  # the network instances that ran (copies made to prepare it keep the hook)
+    fresh.fcn.register_forward_hook(lambda module, inputs, output: ran.append(id(module)))
+    prediction = predict(fresh, photo, scales=(0.5, 0.45), flip=True, pool="max", over="probs")
     assert [(m.input_size, m.flipped) for m in prediction.maps] == [
         ((260, 300), False), ((260, 300), True), ((234, 270), False), ((234, 270), True)]
-    torch.testing.assert_close(prediction.probabilities,
-                               fuse(prediction.maps, pool="max", over="probs"), rtol=0, atol=0)
-    assert len(tiny._prepared) == 1  # the network was prepared once, not per scale
+    # by hand: per-cell softmax, each map's maximum per class renormalised to sum 1, mean of the maps
+    per_map = [m.logits.double().softmax(0).amax((1, 2)) for m in prediction.maps]
+    want = torch.stack([p / p.sum() for p in per_map]).mean(0)
+    torch.testing.assert_close(prediction.probabilities.double(), want, rtol=1e-6, atol=1e-7)
+    predict(fresh, photo, scales=(0.5,), flip=False)
+    assert len(ran) >= 5 and len(set(ran)) == 1  # prepared once, not per map or per call
 
 
 def test_small_image_is_padded_to_one_window(tiny):
