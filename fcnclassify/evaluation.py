@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import crops as _crops
+from ._constants import PROTOCOLS
 from .aggregate import fuse
 from .dense import dense_evaluate, resolve
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PROTOCOLS", "Sample", "EvaluationResult", "read_samples", "default_sizes",
            "image_probabilities", "evaluate"]
-
-PROTOCOLS = ("center", "10crop", "multicrop", "dense", "dense+multicrop")
 
 
 @dataclass(frozen=True)

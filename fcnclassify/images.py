@@ -10,22 +10,21 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import tempfile
+import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-# OpenCV reads this once, when cv2 is imported, and refuses bigger images (2**30 pixels by
-# default) with a bare assertion; lift it so that `max_pixels` below is the limit that speaks.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
+import cv2  # the package's __init__ has lifted OpenCV's own pixel limit: `max_pixels` speaks
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+from ._constants import DEFAULT_MAX_PIXELS
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "list_images", "read_image", "resize",
-           "scaled_size", "write_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "ImageWarning", "list_images",
+           "read_image", "resize", "scaled_size", "write_image"]
 
-# Pillow's decompression-bomb error threshold: 2 * PIL.Image.MAX_IMAGE_PIXELS = 2 * (1024**3 // 4 // 3).
-DEFAULT_MAX_PIXELS = 178_956_970
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 _JPEG_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}  # start-of-frame markers; C4/C8/CC are not
@@ -36,6 +35,10 @@ _TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "
 
 class ImageError(ValueError):
     """A file that cannot be read as an image; the message is one line, starting with the file."""
+
+
+class ImageWarning(UserWarning):
+    """A damaged file that still decodes; one line, starting with the file, with the decoder's words."""
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -57,6 +60,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
 
     Raises:
         ImageError: The file is missing, empty, not an image, truncated, or over ``max_pixels``.
+
+    Warns:
+        ImageWarning: The decoder (libjpeg, libpng) reported damage but gave an image: one warning
+            per file, naming it, in place of the library's own lines on stderr.
     """
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"expected max_pixels >= 1 or None, but got {max_pixels}")
@@ -78,7 +85,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     if size is not None:
         _check_pixels(name, size[0] * size[1], max_pixels)
     try:
-        with _quiet_opencv():
+        with _quiet_opencv(), _decoder_messages(kind in ("JPEG", "PNG")) as messages:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
@@ -88,6 +95,12 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         raise ImageError(f"{name}: cannot decode ({err.err})") from err
     if image is None:
         raise ImageError(f"{name}: not an image file (cannot decode)")
+    if messages:
+        distinct = list(dict.fromkeys(messages))  # in order, once each
+        more = f"; {len(distinct) - 3} more" if len(distinct) > 3 else ""
+        details = "; ".join(distinct[:3])
+        warnings.warn(ImageWarning(f"{name}: corrupt {kind} data, decoded anyway ({details}{more})"),
+                      stacklevel=2)
     _check_pixels(name, image.shape[0] * image.shape[1], max_pixels)
     if not (image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating)):
         raise ImageError(f"{name}: expected 8- or 16-bit unsigned or float samples, but got {image.dtype}")
@@ -213,6 +226,45 @@ def _quiet_opencv() -> Iterator[None]:
         yield
     finally:
         cv2.utils.logging.setLogLevel(previous)
+
+
+_STDERR = threading.Lock()  # fd 2 is the process's: one redirection at a time
+
+
+@contextlib.contextmanager
+def _decoder_messages(capture: bool = True) -> Iterator[list[str]]:
+    """Collects what C libraries print on the process's stderr (fd 2) meanwhile, as lines.
+
+    libjpeg and libpng print their warnings there themselves, out of Python's reach; the lines are
+    taken from a temporary file that stands in for fd 2, which is restored however the block ends.
+    Output that is not a whole line (a progress bar's update from another thread) is passed on.
+    """
+    messages: list[str] = []
+    if not capture:
+        yield messages
+        return
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect
+            yield messages
+            return
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            rest = []
+            for line in text.splitlines(keepends=True):
+                if line.endswith("\n") and "\r" not in line and line.strip():
+                    messages.append(line.strip())
+                else:
+                    rest.append(line)
+            if rest:
+                os.write(2, "".join(rest).encode())
 
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray:

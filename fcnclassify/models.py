@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._constants import LITE_MODEL as _LITE, TORCHVISION_MODELS as _TORCHVISION
 from .checkpoint import load_state_dict, load_weights, read_metadata
 from .convert import FullyConvNet, convert
 from .labels import imagenet_categories, placeholder_labels, read_labels
@@ -29,9 +30,6 @@ __all__ = ["Normalization", "LoadedModel", "available_models", "build_original",
            "IMAGENET", "LITE", "FORMAT"]
 
 FORMAT = "fcnclassify-fcn/1"  # the metadata "format" of a converted weights file
-_TORCHVISION = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-                "alexnet", "resnet18", "resnet50")
-_LITE = "efficientnet_lite0"
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _DOWNLOAD_TIMEOUT_S = 10.0  # a connection that does not answer in this time fails the download
 

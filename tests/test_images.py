@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -298,6 +299,61 @@ def test_opencv_own_pixel_limit_gives_a_clear_error(tmp_path):
                             check=True)
     assert result.stdout.startswith(f"{path}: over OpenCV's pixel limit")
     assert "OPENCV_IO_MAX_IMAGE_PIXELS" in result.stdout
+
+
+def _damaged_jpeg() -> bytes:
+    """A JPEG with a restart marker in the middle of its coded data: libjpeg warns and decodes it."""
+    data = _encode(".jpg", CAT)
+    middle = len(data) // 2  # well inside the scan: the headers are a few hundred bytes
+    return data[:middle] + b"\xff\xd3" + data[middle + 2:]
+
+
+def test_damaged_but_decodable_jpeg_is_one_warning_naming_it(tmp_path, capfd):
+    path = _save(tmp_path / "damaged é.jpg", _damaged_jpeg())
+    with pytest.warns(images.ImageWarning) as caught:
+        image = read_image(path)
+    assert image.shape == CAT.shape
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{path}: corrupt JPEG data, decoded anyway (")
+    assert "Corrupt JPEG data" in message and "\n" not in message  # libjpeg's words, on one line
+    assert capfd.readouterr().err == ""  # nothing of libjpeg's own on stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(_save(tmp_path / "whole.jpg", _encode(".jpg", CAT)))  # an intact file: silence
+
+
+def test_libpng_warnings_are_collected_too(tmp_path, capfd):
+    rows = CAT[:4, :4].tobytes()
+    bad_crc = _png_chunk(b"tEXt", b"Comment\0hello")[:-4] + b"\0\0\0\1"  # a wrong checksum
+    path = _save(tmp_path / "text.png", _png(4, 4, 2, rows, bad_crc, _png_chunk(b"iCCP", b"x\0\0junk")))
+    with pytest.warns(images.ImageWarning, match=r"text.png: corrupt PNG data, decoded anyway "
+                                                 r"\(libpng warning: tEXt: CRC error; libpng warning: iCCP"):
+        np.testing.assert_array_equal(read_image(path), CAT[:4, :4])
+    assert capfd.readouterr().err == ""
+
+
+def test_other_output_on_stderr_while_decoding_is_passed_on(monkeypatch, capfd):
+    """Only whole lines are taken as the decoder's; a partial line (a progress bar) goes through."""
+    with images._decoder_messages() as messages:
+        os.write(2, b"Corrupt JPEG data: bad Huffman code\n\r 50%|#####")
+    assert messages == ["Corrupt JPEG data: bad Huffman code"]
+    assert capfd.readouterr().err == "\r 50%|#####"
+
+
+def test_classify_says_one_warning_line_per_damaged_image(tmp_path, capfd):
+    from fcnclassify.cli import main
+
+    damaged = [_save(tmp_path / f"{name}.jpg", _damaged_jpeg()) for name in ("a", "b")]
+    _save(tmp_path / "c.jpg", _encode(".jpg", CAT))
+    code = main(["classify", str(tmp_path), "-m", "efficientnet_lite0", "--sizes", "224", "--no-flip",
+                 "--quiet", "--topk", "1"])
+    out, err = capfd.readouterr()
+    assert code == 0 and out.count("efficientnet") == 0 and out.count(".jpg (") == 3, out
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    for path, line in zip(damaged, lines):
+        assert line.startswith(f"fcnclassify classify: warning: {path}: corrupt JPEG data, decoded anyway ("), line
 
 
 # --- resize -----------------------------------------------------------------------------------------

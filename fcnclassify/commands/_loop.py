@@ -11,11 +11,13 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..images import ImageError, list_images
 from ._options import evaluation_kwargs, show_progress
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 PEAK_SCORE = "probability of the class in its best window, over all maps"

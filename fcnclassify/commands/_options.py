@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from ..images import DEFAULT_MAX_PIXELS
+from .._constants import DEFAULT_MAX_PIXELS, MODEL_NAMES
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -23,11 +23,9 @@ __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "par
 
 def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "vgg16") -> None:
     """``--model``, ``--weights``, ``--num-classes``, ``--labels``, ``--input-size``."""
-    from ..models import available_models
-
     group = parser.add_argument_group("model")
     group.add_argument("--model", "-m", default=None, metavar="NAME",
-                       help=f"network architecture, one of {', '.join(available_models())} "
+                       help=f"network architecture, one of {', '.join(MODEL_NAMES)} "
                             f"(default: the one a converted --weights file names, else "
                             f"{default_model})")
     parser.set_defaults(_default_model=default_model)

@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 import json
 
-from ..evaluation import PROTOCOLS, default_sizes, evaluate, read_samples
-from ..images import DEFAULT_MAX_PIXELS
+from .._constants import DEFAULT_MAX_PIXELS, PROTOCOLS
 from ._options import add_model_options, load_from_args, show_progress
 
 HELP = "top-1/top-5 accuracy over a labelled folder or CSV: center, 10crop, multicrop, dense, dense+multicrop"
@@ -46,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import default_sizes, evaluate, read_samples
+
     if not Path(args.data).exists():  # before a model download
         raise ValueError(f"{args.data}: no such folder or CSV file")
     model = load_from_args(args)
