@@ -1,6 +1,6 @@
 """Memory of a dense forward pass: estimate it from the layers, read a budget, find what is available.
 
-The estimate replays the network's graph on fake tensors (shapes only, nothing computed) and adds up
+The estimate replays the network's graph on meta tensors (shapes only, nothing computed) and adds up
 the activations that are alive at each step: an output is allocated when its node runs and freed after
 its last user; an in-place activation allocates nothing. A convolution also needs a transient copy of its
 weights (oneDNN reorders them into its blocked layout on every call: 392 MiB for VGG16's fc6). The peak
@@ -10,6 +10,8 @@ caller's whole input and output are not counted.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 import weakref
@@ -17,29 +19,43 @@ import weakref
 import torch
 import torch.fx as fx
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import _fx
 from .convert import FullyConvNet
 
-__all__ = ["activation_memory", "available_memory", "bytes_per_pixel", "format_bytes", "parse_memory"]
+__all__ = ["MemorySize", "activation_memory", "available_memory", "bytes_per_pixel", "format_bytes",
+           "parse_memory"]
 
 # allocator slack: peak RSS was 1.02x the raw estimate for VGG16 on the CPU (benchmarks/huge_image.py)
 SAFETY = 1.1
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_DECIMAL = ("B", "kB", "MB", "GB", "TB")
+_BINARY = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
-def parse_memory(text: str | int) -> int:
+class MemorySize(int):
+    """A number of bytes that remembers the unit it was written in (``"MB"``, ``"MiB"``, ``"B"``), so
+    that messages about it speak the user's units."""
+
+    unit: str
+
+    def __new__(cls, value: int, unit: str = "B") -> MemorySize:
+        self = super().__new__(cls, value)
+        self.unit = unit
+        return self
+
+
+def parse_memory(text: str | int) -> MemorySize:
     """Bytes from ``"2GB"``, ``"512MiB"``, ``"1.5g"`` or a plain number of bytes.
 
     Decimal units (kB, MB, GB, TB; one letter too) are powers of 1000, binary ones (KiB, MiB, GiB,
-    TiB) powers of 1024.
+    TiB) powers of 1024. The result is an int that keeps the unit for messages (:class:`MemorySize`).
     """
     if isinstance(text, int) and not isinstance(text, bool):
-        value = text
+        value, unit = int(text), getattr(text, "unit", "B")
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
         unit = match.group(2).lower() if match else None
@@ -47,18 +63,48 @@ def parse_memory(text: str | int) -> int:
             raise ValueError(f"expected a memory size like '2GB', '512MiB' or a number of bytes "
                              f"but got {text!r}")
         value = int(float(match.group(1)) * _UNITS[unit])
+        unit = _unit_name(unit)
     if value <= 0:
         raise ValueError(f"expected a positive memory size but got {text!r}")
-    return value
+    return MemorySize(value, unit)
 
 
-def format_bytes(n: float) -> str:
-    """``1536 * 2**20 -> '1.50 GiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+def _unit_name(lower: str) -> str:
+    """``"mb"``, ``"m"`` -> ``"MB"``; ``"mib"`` -> ``"MiB"``; ``""`` -> ``"B"``."""
+    if lower in ("", "b"):
+        return "B"
+    if lower.endswith("ib"):
+        return lower[0].upper() + "iB"
+    return "kB" if lower[0] == "k" else lower[0].upper() + "B"
+
+
+def format_bytes(n: float, *, like: str | int | None = None, up: bool = False) -> str:
+    """``1536 * 2**20 -> '1.50 GiB'``; with ``like``, in the style of a unit or a :class:`MemorySize`.
+
+    ``like="MB"`` (or a size parsed from ``"170MB"``) writes decimal units, the one given when the
+    value is at least one of it (``'37 MB'``, ``'1200 MB'``), a smaller one of the same family
+    otherwise; whole units from 10 on, one decimal below, rounded up with ``up`` (for "at least" figures).
+    """
+    if like is None:
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if abs(n) < 1024:
+                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+            n /= 1024
+        return f"{n:.2f} TiB"
+    unit = like if isinstance(like, str) else getattr(like, "unit", "B")
+    family = _DECIMAL if unit in _DECIMAL[1:] else _BINARY
+    base = 1000 if family is _DECIMAL else 1024
+    if unit == "B":  # a plain number of bytes: the largest binary unit that keeps it >= 1
+        unit = next(u for u in reversed(family) if n >= base ** family.index(u) or u == "B")
+    index = family.index(unit)
+    while index > 0 and n < base**index:
+        index -= 1
+    value = n / base**index
+    digits = 0 if value >= 10 else 1 if value >= 1 else 2
+    step = 10.0**-digits
+    value = math.ceil(value / step - 1e-9) * step if up else round(value, digits)
+    text = f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{value:.0f}"
+    return f"{text} {family[index]}"
 
 
 def available_memory(device: str | torch.device = "cpu") -> int:
@@ -105,10 +151,8 @@ def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 
     cache = _ESTIMATES.setdefault(fcn, {})
     if key not in cache:
         gm = _graph(fcn)
-        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with torch.no_grad(), fake_mode:
-            x = torch.empty(batch, 3, height, width, dtype=weights, device=param.device)
-            ShapeProp(gm, fake_mode=fake_mode).propagate(x)
+        with torch.no_grad():  # on the meta device: shapes only, ~3 ms for VGG16
+            ShapeProp(gm).propagate(torch.empty(batch, 3, height, width, dtype=weights, device="meta"))
         cache[key] = _peak_live_bytes(gm)
     # every tensor scales with the element size when the network runs in another dtype
     ratio = 1.0 if dtype is None else _itemsize(dtype) / _itemsize(weights)
@@ -140,9 +184,14 @@ _ESTIMATES: weakref.WeakKeyDictionary[FullyConvNet, dict[tuple, int]] = weakref.
 
 
 def _graph(fcn: FullyConvNet) -> fx.GraphModule:
-    """``fcn`` as one traced graph (body then head), cached per network object."""
+    """``fcn`` as one traced graph (body then head) on the meta device, cached per network object."""
     if fcn not in _GRAPHS:
-        _GRAPHS[fcn] = _fx.trace(nn.Sequential(fcn.body, fcn.head))
+        gm = _fx.trace(nn.Sequential(fcn.body, fcn.head))
+        # a shape-only copy: weights and buffers as meta tensors, nothing of the real ones copied
+        memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+                        if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+                for t in [*gm.parameters(), *gm.buffers()]}
+        _GRAPHS[fcn] = copy.deepcopy(gm, memo)
     return _GRAPHS[fcn]
 
 

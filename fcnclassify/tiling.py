@@ -15,7 +15,8 @@ no tiling can reproduce them, and they are refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -23,9 +24,9 @@ from tqdm.auto import tqdm
 
 from .convert import FullyConvNet
 from .geometry import Geometry
-from .memory import activation_memory, available_memory, bytes_per_pixel
+from .memory import activation_memory, available_memory, bytes_per_pixel, format_bytes
 
-__all__ = ["Tile", "choose_tile", "needs_tiling", "plan_tiles", "tiled_forward"]
+__all__ = ["SlowTilingWarning", "Tile", "choose_tile", "needs_tiling", "plan_tiles", "tiled_forward"]
 
 # share of the available memory that the automatic switch to tiling leaves to one pass
 AUTO_FRACTION = 0.5
@@ -44,24 +45,45 @@ class Tile(NamedTuple):
     first: tuple[int, int]
 
 
+class SlowTilingWarning(UserWarning):
+    """The budget forces tiles so small that their overlap makes the pass much slower."""
+
+
+# a plan whose crops hold this many times the image's pixels is "much slower" (work ~ pixels)
+SLOW = 1.5
+
+
 def tiled_forward(fcn: FullyConvNet, x: torch.Tensor, *, max_memory: int | None = None,
-                  tile: int | tuple[int, int] | None = None, progress: bool = False) -> torch.Tensor:
+                  tile: int | tuple[int, int] | None = None, held: int = 0,
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  progress: bool = False) -> torch.Tensor:
     """Logits of ``fcn`` on ``x``, computed tile by tile within a memory budget.
 
+    The budget covers everything the pass holds besides the weights: ``held`` bytes that the caller
+    keeps (other scales, earlier maps), the input ``x``, the output map, and the working memory of
+    one tile (its crop, activations and logits, :func:`fcnclassify.memory.activation_memory`). The
+    tiles get what is left, and are chosen by :func:`choose_tile` for the least overlap work.
+
     Args:
-        fcn: The network, already on the device and in the dtype of ``x``.
-        x: Normalised input ``(N, 3, H, W)``.
-        max_memory: Activation-memory budget in bytes for one tile (weights and the whole input and
-            output are not counted); None: half of what the device has available.
+        fcn: The network, already on the device and in its compute dtype.
+        x: Input ``(N, 3, H, W)``: normalised, in the network's dtype, or anything that ``transform``
+            turns into that crop by crop (e.g. uint8 pixels, 1 byte each instead of 4).
+        max_memory: Budget in bytes (see above); None: half of what the device has available.
         tile: Output cells per tile side (``(rows, cols)`` or one int); overrides ``max_memory``.
+        held: Bytes the caller holds during the pass, counted against ``max_memory``.
+        transform: Applied to each input crop before the network (normalisation, dtype, layout).
         progress: Show a progress bar over the tiles (tqdm; shown only on a terminal).
 
     Returns:
-        Logits ``(N, classes, h, w)``, float32 on the CPU, equal to ``fcn(x)``.
+        Logits ``(N, classes, h, w)``, float32 on the CPU, equal to ``fcn(transform(x))``.
 
     Raises:
-        ValueError: The network has global context, the input is smaller than one window, or not
-            even one cell fits in ``max_memory``.
+        ValueError: The network has global context, the input is smaller than one window, or
+            ``max_memory`` is below the smallest budget that works (named in the message).
+
+    Warns:
+        SlowTilingWarning: The tiles fitting the budget overlap so much that their crops hold at
+            least :data:`SLOW` times the image's pixels.
     """
     geometry = fcn.geometry
     _check_tileable(fcn, x)
@@ -70,7 +92,10 @@ def tiled_forward(fcn: FullyConvNet, x: torch.Tensor, *, max_memory: int | None 
     if tile is None:
         if max_memory is None:
             max_memory = int(available_memory(x.device) * AUTO_FRACTION)
-        tile = choose_tile(fcn, (height, width), max_memory, batch=len(x), dtype=x.dtype)
+        fixed = held + _nbytes(x) + len(x) * fcn.num_classes * out_h * out_w * 4
+        dtype = next(fcn.parameters()).dtype if transform is not None else x.dtype
+        tile = choose_tile(fcn, (height, width), max_memory - fixed, batch=len(x), dtype=dtype,
+                           fixed=fixed, budget=max_memory, staging=transform is not None)
     tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if min(tile) < 1:
         raise ValueError(f"expected a tile of at least one cell but got {tile}")
@@ -82,13 +107,21 @@ def tiled_forward(fcn: FullyConvNet, x: torch.Tensor, *, max_memory: int | None 
     with torch.inference_mode():
         for t in bar:
             y0, y1, x0, x1 = t.crop
-            logits = fcn(x[..., y0:y1, x0:x1].contiguous(memory_format=fmt))
+            crop = x[..., y0:y1, x0:x1]
+            crop = crop.contiguous(memory_format=fmt) if transform is None else transform(crop)
+            logits = fcn(crop)
+            del crop
             i0, j0 = t.rows.start - t.first[0], t.cols.start - t.first[1]
             if logits.shape[-2] < i0 + len(t.rows) or logits.shape[-1] < j0 + len(t.cols):
                 raise AssertionError(f"tile {t} gave a map of {tuple(logits.shape[-2:])}")  # a bug
             out[..., t.rows.start:t.rows.stop, t.cols.start:t.cols.stop] = (
                 logits[..., i0:i0 + len(t.rows), j0:j0 + len(t.cols)].float().cpu())
+            del logits
     return out
+
+
+def _nbytes(x: torch.Tensor) -> int:
+    return x.untyped_storage().nbytes() if x.device.type != "meta" else x.numel() * x.element_size()
 
 
 def plan_tiles(geometry: Geometry, size: tuple[int, int], tile: tuple[int, int]) -> Iterator[Tile]:
@@ -120,42 +153,104 @@ def _crop(geometry: Geometry, start: int, stop: int, n: int) -> tuple[int, int]:
     return lo, min(n, hi)
 
 
-def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, batch: int = 1,
-                dtype: torch.dtype | None = None) -> tuple[int, int]:
-    """The largest tile, in output cells ``(rows, cols)``, whose crop fits in ``max_memory`` bytes.
+class _AxisOption(NamedTuple):
+    longest: int  # the longest crop, input pixels
+    work: int  # the crops' lengths added up, input pixels
+    cells: int  # cells per tile
 
-    Tiles are square, or as long as the map on an axis that the map does not fill.
+
+def _axis_options(geometry: Geometry, n: int) -> list[_AxisOption]:
+    """Tile lengths worth considering on an axis of ``n`` pixels, longest crop ascending and work
+    strictly descending: a length with a longer crop and no less work is never the better choice."""
+    total = geometry.output_size(n, n)[0]
+    options = []
+    for cells in range(1, total + 1):
+        crops = [hi - lo for _, (lo, hi), _ in _axis_plan(geometry, n, cells)]
+        options.append(_AxisOption(max(crops), sum(crops), cells))
+    options.sort(key=lambda o: (o.longest, o.work, -o.cells))
+    front: list[_AxisOption] = []
+    for option in options:
+        if not front or option.work < front[-1].work:
+            front.append(option)
+    return front
+
+
+def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, batch: int = 1,
+                dtype: torch.dtype | None = None, fixed: int = 0, budget: int | None = None,
+                staging: bool = False) -> tuple[int, int]:
+    """The tile, in output cells ``(rows, cols)``, of the least overlap work whose crops fit.
+
+    Work is the number of input pixels that the crops hold together (the network's cost grows with
+    it); a crop fits when :func:`fcnclassify.memory.activation_memory` of the largest one is at most
+    ``max_memory`` bytes. Memory grows with each side of the crop, so for each tile height on the
+    Pareto front (shorter crops, more work) the widest tile that fits is the best one: a walk that
+    costs one shape-only replay per step.
+
+    Args:
+        fcn: The network.
+        size: The input ``(H, W)`` in pixels.
+        max_memory: Bytes for one tile's working memory.
+        batch, dtype: As in :func:`fcnclassify.memory.activation_memory`.
+        fixed, budget: For messages only: bytes held besides the tile, and the whole budget that
+            ``max_memory`` is what is left of (default ``max_memory``), in the user's units.
+        staging: Count one float32 copy of the crop besides the network's input (a transform's).
+
+    Raises:
+        ValueError: Not even one cell fits: names the smallest budget that works.
+
+    Warns:
+        SlowTilingWarning: The best tile that fits does at least :data:`SLOW` times the work of one pass.
     """
     g = fcn.geometry
-    out_h, out_w = g.output_size(*size)
+    rows, cols = _axis_options(g, size[0]), _axis_options(g, size[1])
 
-    def fits(t: int) -> bool:
-        th, tw = min(t, out_h), min(t, out_w)
-        crop = (_crop_len(g, th, size[0]), _crop_len(g, tw, size[1]))
-        return activation_memory(fcn, crop, batch=batch, dtype=dtype) <= max_memory
+    def need(h: int, w: int) -> int:
+        extra = batch * 3 * h * w * 4 if staging else 0
+        return activation_memory(fcn, (h, w), batch=batch, dtype=dtype) + extra
 
-    longest = max(out_h, out_w)
-    if fits(longest):
-        return out_h, out_w
-    if not fits(1):
-        one = activation_memory(fcn, (_crop_len(g, 1, size[0]), _crop_len(g, 1, size[1])),
-                                batch=batch, dtype=dtype)
-        raise ValueError(f"expected max_memory of at least {one} bytes (one cell of a batch of "
-                         f"{batch}) but got {max_memory}")
-    lo, hi = 1, longest  # fits(lo), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return min(lo, out_h), min(lo, out_w)
+    budget = max_memory if budget is None else budget
+    smallest = need(rows[0].longest, cols[0].longest)
+    if smallest > max_memory:
+        detail = (f"{format_bytes(fixed, like=budget, up=True)} for the image and its maps, "
+                  if fixed else "")
+        raise ValueError(
+            f"expected max_memory of at least {format_bytes(fixed + smallest, like=budget, up=True)} "
+            f"({detail}{format_bytes(smallest, like=budget, up=True)} for one-cell tiles of a batch "
+            f"of {batch}) but got {format_bytes(budget, like=budget)}")
+    best, j = None, len(cols) - 1
+    for r in rows:  # crops grow taller, so the widest that fits can only get narrower
+        while j >= 0 and need(r.longest, cols[j].longest) > max_memory:
+            j -= 1
+        if j < 0:
+            break
+        work = r.work * cols[j].work
+        if best is None or work < best[0]:
+            best = (work, r.cells, cols[j].cells)
+    work, tile = best[0], best[1:]
+    ratio = work / (size[0] * size[1])
+    if ratio >= SLOW:
+        warnings.warn(SlowTilingWarning(
+            f"max_memory {format_bytes(budget, like=budget)} leaves room for tiles of {tile[0]}x"
+            f"{tile[1]} cells, whose overlapping crops hold {ratio:.1f}x the image's pixels: about "
+            f"{ratio:.1f}x slower than {_cheap_budget(need, rows, cols, size, fixed, budget)}"),
+            stacklevel=3)
+    return tile
 
 
-def _crop_len(geometry: Geometry, cells: int, n: int) -> int:
-    """The longest crop, in input pixels, of a tile of ``cells`` cells on an axis of ``n`` pixels."""
-    total = geometry.output_size(n, n)[0]
-    if cells >= total:
-        return n
-    lo, hi = _crop(geometry, total // 2, total // 2 + cells, n)  # an inner tile: halo on both sides
-    return min(n, hi - lo + geometry.stride)
+def _cheap_budget(need: Callable[[int, int], int], rows: list[_AxisOption], cols: list[_AxisOption],
+                  size: tuple[int, int], fixed: int, budget: int) -> str:
+    """"a budget of at least X" for the least memory whose plan does under 1.1x the image's work."""
+    limit = 1.1 * size[0] * size[1]
+    least, j = None, len(cols) - 1
+    for r in rows:  # the narrowest crop that keeps the work under the limit, per crop height
+        while j > 0 and r.work * cols[j - 1].work <= limit:
+            j -= 1
+        if r.work * cols[j].work <= limit:
+            m = need(r.longest, cols[j].longest)
+            least = m if least is None else min(least, m)
+    if least is None:
+        return "one pass"
+    return f"with max_memory of at least {format_bytes(fixed + least, like=budget, up=True)}"
 
 
 def needs_tiling(fcn: FullyConvNet, x: torch.Tensor) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -133,12 +134,24 @@ def test_a_halo_too_small_is_caught(vgg_fcn, monkeypatch):
 
 
 def test_dense_evaluate_with_max_memory(vgg_fcn):
-    """The public path: dense_evaluate(max_memory=...) with flips, against untiled."""
+    """The public path: dense_evaluate(max_memory=...) with flips, against untiled. The budget holds
+    the image, its copies and the maps: the flipped pass, which holds the first map and a flipped
+    copy besides, gets less room than the first and is tiled."""
     x = _input(600, 700)
-    budget = activation_memory(vgg_fcn, (500, 500))
-    assert choose_tile(vgg_fcn, (600, 700), budget) < vgg_fcn.geometry.output_size(600, 700)
+    image, logits = x.numel() * 4, 6 * 12 * 15 * 4
+    # first pass: the image, its channels-last copy, the map; the flipped one holds a flipped copy
+    # and the first map besides: half an image too many for one pass
+    budget = activation_memory(vgg_fcn, (600, 700)) + 2.5 * image + 2 * logits
     want = dense_evaluate(vgg_fcn, x, flip=True)
-    got = dense_evaluate(vgg_fcn, x, flip=True, max_memory=budget)
+    calls = []
+    real = tiling.choose_tile
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiling, "choose_tile", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", tiling.SlowTilingWarning)
+            got = dense_evaluate(vgg_fcn, x, flip=True, max_memory=int(budget))
+    whole = vgg_fcn.geometry.output_size(600, 700)
+    assert len(calls) == 2 and calls[0] == whole and calls[1] != whole
     for a, b in zip(want[0], got[0]):
         torch.testing.assert_close(b.logits, a.logits, **EXACT)
 
@@ -150,24 +163,50 @@ def test_dense_tiles_automatically_when_memory_is_short(vgg_fcn, monkeypatch):
     calls = []
     real = tiling.tiled_forward
     monkeypatch.setattr(tiling, "tiled_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(tiling, "available_memory", lambda device: 2 * activation_memory(vgg_fcn, (600, 600)))
-    got = dense_evaluate(vgg_fcn, x)[0][0].logits
+    # half of it (the automatic budget) holds the image, its channels-last copy and a 500 px pass
+    room = 2 * (activation_memory(vgg_fcn, (500, 500)) + 2 * x.numel() * 4)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: room)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tiling.SlowTilingWarning)
+        got = dense_evaluate(vgg_fcn, x)[0][0].logits
     assert calls == [1]
     torch.testing.assert_close(got, want, **EXACT)
     monkeypatch.setattr(tiling, "available_memory", lambda device: 10**12)
     assert not tiling.needs_tiling(vgg_fcn, x)
 
 
-def test_choose_tile_respects_the_budget(vgg_fcn):
-    size = (2000, 1500)
-    budget = parse_memory("40MB")
-    th, tw = choose_tile(vgg_fcn, size, budget)
-    assert th == tw and th < vgg_fcn.geometry.output_size(*size)[0]
-    crops = [t.crop for t in plan_tiles(vgg_fcn.geometry, size, (th, tw))]
+def _least_work(fcn, size, budget):
+    """Brute force: every tile shape, its real crops, the largest crop's estimate; the least work."""
+    out_h, out_w = fcn.geometry.output_size(*size)
+    best = None
+    for th in range(1, out_h + 1):
+        for tw in range(1, out_w + 1):
+            crops = [t.crop for t in plan_tiles(fcn.geometry, size, (th, tw))]
+            memory = max(activation_memory(fcn, (c[1] - c[0], c[3] - c[2])) for c in crops)
+            work = sum((c[1] - c[0]) * (c[3] - c[2]) for c in crops)
+            if memory <= budget and (best is None or work < best):
+                best = work
+    return best
+
+
+@pytest.mark.parametrize("size,budget", [((1100, 830), "6MB"), ((1100, 830), "9MB"),
+                                         ((700, 1300), "7MB"), ((1100, 830), "1GB")])
+def test_choose_tile_has_the_least_work_within_budget(vgg_fcn, size, budget):
+    """Against every tile shape: the planner's tiles fit and no fitting shape does less work."""
+    budget = parse_memory(budget)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tiling.SlowTilingWarning)
+        tile = choose_tile(vgg_fcn, size, budget)
+    crops = [t.crop for t in plan_tiles(vgg_fcn.geometry, size, tile)]
     assert max(activation_memory(vgg_fcn, (c[1] - c[0], c[3] - c[2])) for c in crops) <= budget
-    bigger = [t.crop for t in plan_tiles(vgg_fcn.geometry, size, (th + 1, tw + 1))]
-    assert max(activation_memory(vgg_fcn, (c[1] - c[0], c[3] - c[2])) for c in bigger) > budget
-    with pytest.raises(ValueError, match="expected max_memory of at least"):
+    assert sum((c[1] - c[0]) * (c[3] - c[2]) for c in crops) == _least_work(vgg_fcn, size, budget)
+    if budget > 10**8:
+        assert tile == vgg_fcn.geometry.output_size(*size)  # room for the whole map: one pass
+
+
+def test_choose_tile_refuses_with_the_smallest_budget_that_works(vgg_fcn):
+    size = (2000, 1500)
+    with pytest.raises(ValueError, match=r"expected max_memory of at least .* but got 1000 B"):
         choose_tile(vgg_fcn, size, 1000)
 
 
