@@ -20,6 +20,7 @@ from fcnclassify.network.seeded import randomize
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously; the CPU has none queued)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -120,6 +121,6 @@ def timm_vgg16(original: nn.Module) -> nn.Module:
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 convolutions run natively (AVX512-BF16/AMX on the CPU; CUDA)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from fcnclassify.dense import native_bfloat16 as native
+
+    return native(device)

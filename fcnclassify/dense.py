@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,7 +16,8 @@ from .geometry import Geometry
 from .scales import scale_factors
 from .scoremap import ScoreMap
 
-__all__ = ["dense_evaluate", "resolve", "resolve_device", "resolve_dtype", "prepare", "rescale"]
+__all__ = ["Float32Head", "dense_evaluate", "native_bfloat16", "resolve", "resolve_device", "resolve_dtype",
+           "prepare", "rescale"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,8 +33,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 convolutions run natively: CUDA, or a CPU with AVX512-BF16 or AMX (oneDNN)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+_EMULATED = {"said": False}  # the emulation notice is given once per process
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """A torch dtype from a name; float16 only where the device computes it (CUDA)."""
+    """A torch dtype from a name; float16 only where the device computes it (CUDA).
+
+    bfloat16 on a CPU without native support (no AVX512-BF16 or AMX) gives one RuntimeWarning
+    per process: oneDNN then emulates it, slower than float32.
+    """
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -41,7 +57,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         dtype = _DTYPES[dtype]
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 convolutions are slow or missing on the CPU; use bfloat16")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not _EMULATED["said"] \
+            and not native_bfloat16(device):
+        _EMULATED["said"] = True
+        warnings.warn("bfloat16 is emulated on this CPU (no AVX512-BF16 or AMX): slower than "
+                      "float32, not faster", RuntimeWarning, stacklevel=2)
     return dtype
+
+
+class Float32Head(nn.Sequential):
+    """A head's layers in float32 whatever the body's dtype: its input is cast up first.
+
+    The head decides the answer (the window's pooling, the classifier, the logits that softmax and
+    argmax read); bfloat16's 8-bit mantissa there ties and swaps close classes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
 
 
 def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
@@ -50,12 +82,20 @@ def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
 
     The network is copied when its device or dtype differs, so that a bfloat16 run never rounds the
     caller's float32 weights; move it yourself (``fcn.to(device, dtype)``) to avoid the copy.
+    In bfloat16 or float16 the copy of a :class:`FullyConvNet` runs its body in that dtype and its
+    head in float32 (:class:`Float32Head`, copied from the caller's weights, not rounded ones), so
+    the logits are float32.
     channels_last (None: on) is faster with oneDNN on the CPU and with cuDNN on tensor cores.
     """
     channels_last = True if channels_last is None else channels_last
     param = next(fcn.parameters())
     if param.device.type != device.type or param.dtype != dtype:
-        fcn = copy.deepcopy(fcn).to(device=device, dtype=dtype)
+        head = fcn.head if isinstance(fcn, FullyConvNet) and dtype.itemsize < 4 else None
+        # a float32 head is copied on its own: leave it out of the copy in ``dtype``
+        fcn = copy.deepcopy(fcn, {} if head is None else {id(head): nn.Sequential()})
+        fcn = fcn.to(device=device, dtype=dtype)
+        if head is not None:
+            fcn.head = Float32Head(*copy.deepcopy(head)).to(device=device, dtype=torch.float32)
     fcn = fcn.eval()
     if channels_last:
         fcn = fcn.to(memory_format=torch.channels_last)
