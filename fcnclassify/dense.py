@@ -143,9 +143,11 @@ def dense_evaluate(
         dtype: float32 (default), bfloat16, or float16 (CUDA only).
         channels_last: NHWC memory format (default on).
         pad: zero-pad (bottom and right) an input smaller than one window instead of raising.
-        max_memory: activation-memory budget in bytes; larger inputs are evaluated in exact tiles.
-            None: tiles only an input whose untiled pass would take more than half of the
-            device's available memory.
+        max_memory: memory budget in bytes for everything the evaluation holds besides the
+            weights: the images at each scale, the maps, one pass's working memory; larger inputs
+            are evaluated in exact tiles (:func:`fcnclassify.tiling.tiled_forward`). None: tiles
+            only an input whose untiled pass would take more than half of the device's available
+            memory.
         stride_factor: ``k > 1`` gives maps at stride ``stride / k`` from ``k * k`` shifted
             evaluations (:func:`fcnclassify.stitch.shift_and_stitch`).
         method: with ``stride_factor > 1``, ``"shift"`` (shift-and-stitch, exact) or
@@ -170,14 +172,20 @@ def dense_evaluate(
     out: list[list[ScoreMap]] = [[] for _ in range(len(images))]
     bar = tqdm(total=len(factors) * len(flips), desc="passes", unit="pass", leave=False,
                disable=not progress or len(factors) * len(flips) == 1)
+    maps = 0  # bytes of the maps kept so far: a budget counts them (tiling.tiled_forward)
     with torch.inference_mode(), bar:
         for scale in factors:
             x = rescale(images.to(device=device, dtype=torch.float32), scale).to(dtype)
             size = tuple(x.shape[-2:])
             for flipped in flips:
-                logits = forward(x.flip(-1) if flipped else x)
+                arg = x.flip(-1) if flipped else x
+                kept = {id(images): images, id(x): x}.values()  # x may be the images themselves
+                held = maps + sum(_nbytes(t) for t in kept if t is not arg)
+                logits = forward(arg, held)
+                del arg
                 if flipped:
                     logits = logits.flip(-1)
+                maps += _nbytes(logits)
                 for n in range(len(images)):
                     out[n].append(ScoreMap(logits[n], geometry, (height, width), size, flipped))
                 bar.update()
@@ -186,23 +194,23 @@ def dense_evaluate(
 
 def _strategy(fcn: FullyConvNet, *, stride_factor: int, method: str, pad: bool,
               channels_last: bool, max_memory: int | None,
-              progress: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], Geometry]:
+              progress: bool) -> tuple[Callable[[torch.Tensor, int], torch.Tensor], Geometry]:
     """The forward pass of one prepared input, and the grid of the maps it gives."""
     from . import stitch
 
     if stride_factor == 1:
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, held: int = 0) -> torch.Tensor:
             return run(fcn, x, pad=pad, channels_last=channels_last, max_memory=max_memory,
-                       progress=progress)
+                       progress=progress, held=held)
         return forward, fcn.geometry
     geometry = stitch.stitched_geometry(fcn.geometry, stride_factor)
     if method == "shift":
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, held: int = 0) -> torch.Tensor:
             return stitch.shift_and_stitch(fcn, _padded(fcn, x, stride_factor) if pad else x,
                                            factor=stride_factor, max_memory=max_memory,
                                            channels_last=channels_last)
     elif method == "offset_pool":
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, held: int = 0) -> torch.Tensor:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             x = _padded(fcn, x, stride_factor) if pad else x
             return stitch.offset_pooling(fcn, x.contiguous(memory_format=fmt), factor=stride_factor)
@@ -233,16 +241,23 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
                          antialias=scale < 1.0)
 
 
+def _nbytes(x: torch.Tensor) -> int:
+    return x.untyped_storage().nbytes()
+
+
 def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
         channels_last: bool = True, max_memory: int | None = None,
-        progress: bool = False) -> torch.Tensor:
-    """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch."""
+        progress: bool = False, held: int = 0) -> torch.Tensor:
+    """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch; ``held``:
+    bytes the caller keeps meanwhile, counted against ``max_memory``."""
     if pad:
         x = _padded(fcn, x)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        y = x.contiguous(memory_format=torch.channels_last)
+        held += 0 if y is x else _nbytes(x)  # the caller's copy stays alive during the pass
+        x = y
     from .tiling import needs_tiling, tiled_forward
 
     if max_memory is not None or needs_tiling(fcn, x):  # None: tiles only what does not fit
-        return tiled_forward(fcn, x, max_memory=max_memory, progress=progress)
+        return tiled_forward(fcn, x, max_memory=max_memory, progress=progress, held=held)
     return fcn(x).float().cpu().contiguous()
