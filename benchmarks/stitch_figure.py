@@ -12,7 +12,7 @@ import skimage.data
 
 from fcnclassify import grid, load_model, predict
 from fcnclassify.images import write_image
-from fcnclassify.render import colorize
+from fcnclassify.outputs.render import colorize
 
 
 def main() -> None:
