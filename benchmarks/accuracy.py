@@ -16,8 +16,8 @@ Images (all offline, CC0 photos that scikit-image bundles):
 
 Protocols, each as the API runs it:
 
-* ``center``, ``10crop``, ``multicrop``: :func:`fcnclassify.evaluation.image_probabilities`;
-* ``dense``: :func:`fcnclassify.predict` at its defaults (the VGG dense protocol, Q = 256, 384, 512
+* ``center``, ``10crop``, ``multicrop``: :func:`fcnclassify.evaluation.protocols.image_probabilities`;
+* ``dense``: :func:`fcnclassify.evaluation.predict` at its defaults (the VGG dense protocol, Q = 256, 384, 512
   and flips; ``classify``'s default), which equals ``image_probabilities(protocol="dense")`` to the
   bit (checked on the first image of the run);
 * ``dense+multicrop``: the mean of the dense and multicrop posteriors, as ``image_probabilities``
@@ -101,7 +101,7 @@ def measure(model, rgb: np.ndarray, classes: tuple[int, ...], obj=None, *, check
     """Every protocol on one image: per protocol top-1, top-5, rank, time, and (with ``obj``, a
     :class:`fcnclassify.scene.SceneObject`) whether the peak lies in the object's box."""
     from fcnclassify import predict
-    from fcnclassify.evaluation import image_probabilities
+    from fcnclassify.evaluation.protocols import image_probabilities
     from fcnclassify.scene import check_peaks
 
     cats = model.categories
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fcnclassify import load_model, predict
-    from fcnclassify.evaluation import image_probabilities
+    from fcnclassify.evaluation.protocols import image_probabilities
 
     torch.manual_seed(0)
     model = load_model("efficientnet_lite0")

@@ -3,11 +3,11 @@
     python -m benchmarks.bf16 --out benchmarks/results        # every model, 448x448 and 672x672
     python -m benchmarks.bf16 --quick                         # vgg16, alexnet, resnet18, lite0 at 448
 
-The precision policy is :func:`fcnclassify.dense.prepare`'s: the body in bfloat16, the head (pooling,
+The precision policy is :func:`fcnclassify.network.device.prepare`'s: the body in bfloat16, the head (pooling,
 classifier, logits) in float32. Seconds: the median of ``--repeats`` dense passes over a
 ``size x size`` input, float32 and bfloat16 interleaved (the CPU is shared). Agreement: the scikit-image
-photos at Q = 448 (shorter side; :mod:`fcnclassify.scales`), per cell (the argmax of each map cell)
-and per image (the argmax of the fused map, :func:`fcnclassify.aggregate.fuse`).
+photos at Q = 448 (shorter side; :mod:`fcnclassify.evaluation.scales`), per cell (the argmax of each map cell)
+and per image (the argmax of the fused map, :func:`fcnclassify.evaluation.aggregate.fuse`).
 efficientnet_lite0 has its real ImageNet weights; the torchvision models have seeded random weights
 (:mod:`fcnclassify.network.seeded`: nothing is downloaded). Results go to ``bf16_<device>.json`` and
 ``.md`` (``_quick`` with ``--quick``) in a new ``bench-results/<date>-<time>`` folder unless ``--out``;
@@ -74,7 +74,7 @@ def cpu_facts() -> dict:
     """What decides bfloat16's speed on this CPU: oneDNN's ISA, native BF16, AMX, threads."""
     import torch
 
-    from fcnclassify.dense import native_bfloat16
+    from fcnclassify.network.device import native_bfloat16
 
     return {"capability": torch.backends.cpu.get_cpu_capability(),
             "native_bfloat16": native_bfloat16(torch.device("cpu")),
@@ -85,8 +85,8 @@ def cpu_facts() -> dict:
 
 def network(name: str):
     """``(fully-convolutional network, normalisation, weights)``: lite0 real, the others seeded."""
-    from fcnclassify.convert import convert
-    from fcnclassify.models import IMAGENET, build_original, load_model
+    from fcnclassify.network.convert import convert
+    from fcnclassify.models.registry import IMAGENET, build_original, load_model
     from fcnclassify.network.seeded import randomize
 
     if name == "efficientnet_lite0":
@@ -99,7 +99,8 @@ def measure_model(name: str, *, sizes: list[int], repeats: int) -> list[dict]:
     """One row per size: float32 and bfloat16 seconds, and the agreement on the photos at Q=448."""
     import torch
 
-    from fcnclassify.dense import dense_evaluate, prepare
+    from fcnclassify.evaluation.dense import dense_evaluate
+    from fcnclassify.network.device import prepare
     from fcnclassify.scene import photo
 
     from .measure import sync

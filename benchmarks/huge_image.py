@@ -32,9 +32,9 @@ import torch
 import torchvision
 
 from fcnclassify import convert
-from fcnclassify.dense import prepare, resolve_device, resolve_dtype
-from fcnclassify.memory import activation_memory, format_bytes, parse_memory
-from fcnclassify.tiling import choose_tile, plan_tiles, tiled_forward
+from fcnclassify.network.device import prepare, resolve_device, resolve_dtype
+from fcnclassify.evaluation.memory import activation_memory, format_bytes, parse_memory
+from fcnclassify.evaluation.tiling import choose_tile, plan_tiles, tiled_forward
 
 from .options import add_output_arguments
 from .report import default_folder, refuse_overwrite

@@ -94,7 +94,7 @@ def _status_kib(key: str) -> int:
 
 def build(name: str) -> nn.Module:
     """A registry model with seeded random weights (nothing to download); lite0 with its real ones."""
-    from fcnclassify.models import build_original, load_model
+    from fcnclassify.models.registry import build_original, load_model
 
     if name == "efficientnet_lite0":
         return load_model(name).original
@@ -121,6 +121,6 @@ def timm_vgg16(original: nn.Module) -> nn.Module:
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 convolutions run natively (AVX512-BF16/AMX on the CPU; CUDA)."""
-    from fcnclassify.dense import native_bfloat16 as native
+    from fcnclassify.network.device import native_bfloat16 as native
 
     return native(device)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fcnclassify.memory import format_bytes, parse_memory
+from fcnclassify.evaluation.memory import format_bytes, parse_memory
 
 from .report import refuse_overwrite
 

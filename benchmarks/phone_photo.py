@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from fcnclassify import agreement, convert, crop_map, dense_evaluate, grid, load_model, overlay, predict
-from fcnclassify.dense import rescale
-from fcnclassify.images import write_image
+from fcnclassify.evaluation.dense import rescale
+from fcnclassify.io.images import write_image
 
 PHOTO_SIZE = (2667, 4000)  # (height, width)
 # name, (x0, y0) of the photo pasted 1100 pixels wide, label classes

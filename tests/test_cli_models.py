@@ -17,9 +17,9 @@ from torch import nn
 from conftest import build
 from fcnclassify.cli import main
 from fcnclassify.commands.convert import default_output
-from fcnclassify.convert import convert
-from fcnclassify.models import IMAGENET, load_model
-from fcnclassify.summary import layer_table
+from fcnclassify.network.convert import convert
+from fcnclassify.models.registry import IMAGENET, load_model
+from fcnclassify.network.summary import layer_table
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from fcnclassify import FullyConvNet, convert, load_weights, save_weights
-from fcnclassify.checkpoint import load_state_dict
+from fcnclassify.io.checkpoint import load_state_dict
 from fcnclassify.network.seeded import (BatchNormHead, FlattenInClassifier, NarrowVGG, ViewSize, build,
                                        randomize, vgg_features)
 

@@ -10,12 +10,12 @@ import torchvision.transforms as T
 from torch import nn
 
 from conftest import VGG16_NARROW, randomize, vgg_features
-from fcnclassify.agreement import agreement
-from fcnclassify.convert import convert
-from fcnclassify.crops import (center_crop, crop_boxes, crop_logits, crop_map, crop_window,
+from fcnclassify.evaluation.agreement import agreement
+from fcnclassify.network.convert import convert
+from fcnclassify.evaluation.crops import (center_crop, crop_boxes, crop_logits, crop_map, crop_window,
                                extract_crops, grid_crops, grid_positions, multicrop_probabilities,
                                ten_crop)
-from fcnclassify.dense import dense_evaluate
+from fcnclassify.evaluation.dense import dense_evaluate
 
 
 class Unpadded(nn.Module):

@@ -12,14 +12,14 @@ import torch
 from skimage import data
 
 from fcnclassify import cli
-from fcnclassify.images import resize
+from fcnclassify.io.images import resize
 from fcnclassify.outputs.files import MANIFEST
 from fcnclassify.scene import SCENE_SCALES, SCENE_SIZE, compose_scene
 
 
 @pytest.fixture(scope="module")
 def lite():
-    from fcnclassify.models import load_model
+    from fcnclassify.models.registry import load_model
 
     return load_model("efficientnet_lite0")
 
@@ -31,7 +31,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def prediction(lite, scene):
-    from fcnclassify.predict import predict
+    from fcnclassify.evaluation.predict import predict
 
     return predict(lite, scene[0], scales=SCENE_SCALES)
 
@@ -80,9 +80,9 @@ def test_peak_of_each_object_class_lies_inside_it(prediction, scene):
 
 
 def test_demo_command_writes_overlays_and_reports_every_peak_inside(tmp_path, lite, monkeypatch, capsys):
-    import fcnclassify.models
+    import fcnclassify.models.registry
 
-    monkeypatch.setattr(fcnclassify.models, "load_model", lambda name: lite)  # loaded once above
+    monkeypatch.setattr(fcnclassify.models.registry, "load_model", lambda name: lite)  # loaded once above
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out

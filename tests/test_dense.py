@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import randomize
 from fcnclassify import ScoreMap, convert, dense_evaluate, fuse, global_pool
-from fcnclassify.geometry import Geometry
+from fcnclassify.network.geometry import Geometry
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

@@ -13,10 +13,10 @@ from torch import nn
 
 from conftest import randomize, vgg_features
 from fcnclassify.cli import main
-from fcnclassify.convert import convert
-from fcnclassify.evaluation import (default_sizes, evaluate, image_probabilities, read_samples)
-from fcnclassify.images import write_image
-from fcnclassify.models import IMAGENET, LoadedModel, load_model
+from fcnclassify.network.convert import convert
+from fcnclassify.evaluation.protocols import (default_sizes, evaluate, image_probabilities, read_samples)
+from fcnclassify.io.images import write_image
+from fcnclassify.models.registry import IMAGENET, LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fcnclassify.checkpoint import load_state_dict, read_metadata
-from fcnclassify.convert import convert
-from fcnclassify import images
-from fcnclassify.images import ImageError, ImageWarning, read_image
-from fcnclassify.models import LoadedModel, build_original, load_model
+from fcnclassify.io.checkpoint import load_state_dict, read_metadata
+from fcnclassify.network.convert import convert
+from fcnclassify.io import images
+from fcnclassify.io.images import ImageError, ImageWarning, read_image
+from fcnclassify.models.registry import LoadedModel, build_original, load_model
 
 MAX_PIXELS = 1 << 18  # 341x bigger than the 24x32 seed: a declared size above it must be refused unread
 CASE_SECONDS = 2.0  # one read of a file of a few kB
@@ -513,7 +513,7 @@ MODEL_SECONDS = 15.0  # conversion traces the network
 @pytest.fixture(scope="module")
 def resnet_files(tmp_path_factory) -> dict[str, bytes]:
     """A 3-class resnet18 as a safetensors state dict and a torch zip, and as a converted file."""
-    from fcnclassify.checkpoint import save_weights
+    from fcnclassify.io.checkpoint import save_weights
 
     original = build_original(MODEL, num_classes=3).eval()
     state = {k: v.contiguous() for k, v in original.state_dict().items()}

@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import VGG16_NARROW, randomize, vgg_features
 from fcnclassify import convert
-from fcnclassify.geometry import Geometry, SizeOp
+from fcnclassify.network.geometry import Geometry, SizeOp
 
 
 class NarrowVGG16(nn.Module):

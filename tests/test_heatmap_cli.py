@@ -17,13 +17,13 @@ from skimage import data
 
 from fcnclassify import cli
 from fcnclassify.commands import heatmap
-from fcnclassify.images import write_image
+from fcnclassify.io.images import write_image
 from fcnclassify.outputs.files import MANIFEST, slug
 
 
 @pytest.fixture(scope="module")
 def lite():
-    from fcnclassify.models import load_model
+    from fcnclassify.models.registry import load_model
 
     return load_model("efficientnet_lite0")
 
@@ -227,7 +227,7 @@ def test_bad_image_exits_2_with_one_line_and_writes_nothing(cached, tmp_path, ou
 def test_unknown_class_exits_2_before_any_work(cached, chelsea, out, capsys, monkeypatch):
     import importlib
 
-    predict_module = importlib.import_module("fcnclassify.predict")  # the attribute is the function
+    predict_module = importlib.import_module("fcnclassify.evaluation.predict")  # the attribute is the function
 
     def no_prediction(*args, **kwargs):
         raise AssertionError("the classes must be checked before any image is evaluated")
@@ -246,7 +246,7 @@ def test_unknown_model_exits_2(chelsea, out, capsys):
 
 
 def test_weights_of_the_wrong_shape_exit_2(chelsea, tmp_path, out, capsys):
-    from fcnclassify.models import build_original
+    from fcnclassify.models.registry import build_original
 
     state = build_original("efficientnet_lite0").state_dict()
     state["_fc.weight"] = torch.zeros(1000, 640)  # a head for 640 features, the body gives 1280
@@ -295,7 +295,7 @@ def test_ctrl_c_leaves_whole_sets_and_resume_finishes_exactly_the_rest(cached, f
                                                                        monkeypatch):
     import importlib
 
-    predict_module = importlib.import_module("fcnclassify.predict")
+    predict_module = importlib.import_module("fcnclassify.evaluation.predict")
     real_predict = predict_module.predict
     calls = []
 

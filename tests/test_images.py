@@ -1,4 +1,4 @@
-"""Tests for fcnclassify.images: decoding against OpenCV / hand-made references, errors, resize, writing."""
+"""Tests for fcnclassify.io.images: decoding against OpenCV / hand-made references, errors, resize, writing."""
 
 import os
 import struct
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from fcnclassify import images
-from fcnclassify.images import ImageError, list_images, read_image, resize, scaled_size, write_image
+from fcnclassify.io import images
+from fcnclassify.io.images import ImageError, list_images, read_image, resize, scaled_size, write_image
 
 CAT = skimage.data.chelsea()  # (300, 451, 3) RGB photo
 
@@ -291,7 +291,7 @@ def test_pixel_limit_is_checked_after_decoding_unparsed_formats(tmp_path):
 
 def test_opencv_own_pixel_limit_gives_a_clear_error(tmp_path):
     path = _save(tmp_path / "small.png", _encode(".png", CAT[:20, :20]))
-    code = ("import sys\nfrom fcnclassify.images import ImageError, read_image\n"
+    code = ("import sys\nfrom fcnclassify.io.images import ImageError, read_image\n"
             "try:\n    read_image(sys.argv[1], max_pixels=None)\nexcept ImageError as e:\n    print(e)")
     env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "100",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}

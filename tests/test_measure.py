@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnclassify import dense
+from fcnclassify.network import device as network_device
 from fcnclassify.commands.bench import suite_root
 
 sys.path.insert(0, str(suite_root()))  # the suite ships with the checkout, not the package
@@ -111,19 +111,19 @@ def test_peak_memory_on_the_cpu_is_the_region_peak():
 
 def test_resolve_device_with_and_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert dense.resolve_device("auto") == torch.device("cuda")
-    assert dense.resolve_device(None) == torch.device("cuda")
-    assert dense.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert network_device.resolve_device("auto") == torch.device("cuda")
+    assert network_device.resolve_device(None) == torch.device("cuda")
+    assert network_device.resolve_device("cuda:1") == torch.device("cuda", 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert dense.resolve_device("auto") == torch.device("cpu")
+    assert network_device.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
-        dense.resolve_device("cuda")
+        network_device.resolve_device("cuda")
 
 
 def test_float16_is_allowed_on_cuda_only():
-    assert dense.resolve_dtype("float16", CUDA) == torch.float16
+    assert network_device.resolve_dtype("float16", CUDA) == torch.float16
     with pytest.raises(ValueError, match="float16"):
-        dense.resolve_dtype("float16", torch.device("cpu"))
+        network_device.resolve_dtype("float16", torch.device("cpu"))
 
 
 def test_native_bfloat16_asks_cuda_on_cuda_and_onednn_on_the_cpu(monkeypatch):

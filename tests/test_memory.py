@@ -12,8 +12,8 @@ from torch import nn
 
 from conftest import VGG16_NARROW, randomize, vgg_features
 from fcnclassify import convert
-from fcnclassify.memory import MemorySize, activation_memory, format_bytes, parse_memory
-from fcnclassify.tiling import SlowTilingWarning, choose_tile, plan_tiles, tiled_forward
+from fcnclassify.evaluation.memory import MemorySize, activation_memory, format_bytes, parse_memory
+from fcnclassify.evaluation.tiling import SlowTilingWarning, choose_tile, plan_tiles, tiled_forward
 
 EXACT = dict(rtol=0.0, atol=1e-4)
 

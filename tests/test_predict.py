@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnclassify.convert import convert
-from fcnclassify.dense import dense_evaluate
-from fcnclassify.models import IMAGENET, LoadedModel, load_model
+from fcnclassify.network.convert import convert
+from fcnclassify.evaluation.dense import dense_evaluate
+from fcnclassify.models.registry import IMAGENET, LoadedModel, load_model
 from fcnclassify.network.seeded import VGG16_NARROW, randomize, vgg_features
-from fcnclassify.predict import predict
+from fcnclassify.evaluation.predict import predict
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fcnclassify.geometry import Geometry
-from fcnclassify.images import write_image
+from fcnclassify.network.geometry import Geometry
+from fcnclassify.io.images import write_image
 from fcnclassify.outputs.render import COLORMAPS, colorize, draw_legend, grid, overlay
-from fcnclassify.scoremap import ScoreMap
+from fcnclassify.evaluation.scoremap import ScoreMap
 
 # window 64, stride 32, offset 0: cell (i, j) covers x in [32 j, 32 j + 64), centred at 32 j + 32
 GEOMETRY = Geometry(window=64, stride=32, offset=0, receptive_field=64, center=32.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fcnclassify import cli
-from fcnclassify.images import write_image
-from fcnclassify.scales import pyramid_sizes, scale_factors, vgg_sizes
+from fcnclassify.io.images import write_image
+from fcnclassify.evaluation.scales import pyramid_sizes, scale_factors, vgg_sizes
 
 
 def test_vgg_sizes_scale_with_the_training_size():

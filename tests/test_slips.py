@@ -16,9 +16,9 @@ from torch import nn
 
 from conftest import build
 
-from fcnclassify.checkpoint import load_state_dict, save_weights
-from fcnclassify.images import read_image
-from fcnclassify.models import IMAGENET, LITE
+from fcnclassify.io.checkpoint import load_state_dict, save_weights
+from fcnclassify.io.images import read_image
+from fcnclassify.models.registry import IMAGENET, LITE
 
 
 @pytest.fixture
@@ -89,8 +89,8 @@ def test_rgba_image_normalizes_without_a_warning(tmp_path):
     np.save(tmp_path / "expected.npy", _reference(expected, IMAGENET).numpy())
     code = (
         "import sys, numpy as np, torch\n"
-        "from fcnclassify.images import read_image\n"
-        "from fcnclassify.models import IMAGENET\n"
+        "from fcnclassify.io.images import read_image\n"
+        "from fcnclassify.models.registry import IMAGENET\n"
         "folder = sys.argv[1]\n"
         "x = IMAGENET(read_image(folder + '/rgba.png'))\n"
         "want = torch.from_numpy(np.load(folder + '/expected.npy'))\n"

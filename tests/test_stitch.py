@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import randomize, vgg_features
 from fcnclassify import convert, dense_evaluate
-from fcnclassify.stitch import (interleave, offset_pooling, shift_and_stitch, stitched_evaluate,
+from fcnclassify.evaluation.stitch import (interleave, offset_pooling, shift_and_stitch, stitched_evaluate,
                                 stitched_geometry)
 
 EXACT = dict(rtol=0.0, atol=1e-5)

@@ -14,9 +14,9 @@ from torchvision.models.resnet import BasicBlock
 
 from conftest import VGG16_NARROW, randomize, vgg_features
 from fcnclassify import convert, dense_evaluate
-from fcnclassify import tiling
-from fcnclassify.memory import activation_memory, format_bytes, parse_memory
-from fcnclassify.tiling import choose_tile, plan_tiles, tiled_forward
+from fcnclassify.evaluation import tiling
+from fcnclassify.evaluation.memory import activation_memory, format_bytes, parse_memory
+from fcnclassify.evaluation.tiling import choose_tile, plan_tiles, tiled_forward
 
 EXACT = dict(rtol=0.0, atol=1e-4)
 
@@ -221,7 +221,7 @@ def test_activation_memory_hand_computed():
     peak = max((3 + 8) * h * w * 4 + 8 * 3 * 9 * 4,  # conv1
                (8 + 4) * h * w * 4 + 4 * 8 * 4,  # conv2 (the input is freed after conv1)
                (4 + 2) * h * w * 4 + 2 * 4 * 4)  # head conv
-    from fcnclassify import memory
+    from fcnclassify.evaluation import memory
 
     assert activation_memory(fcn, (h, w)) == int(peak * memory.SAFETY)
     assert activation_memory(copy.deepcopy(fcn).to(torch.bfloat16), (h, w), batch=3) == int(

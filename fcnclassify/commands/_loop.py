@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..images import ImageError, list_images
+from ..io.images import ImageError, list_images
 from ._options import evaluation_kwargs, show_progress
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ class ImageLoop:
         """``(path, image, prediction)`` in input order; decoding runs ahead in threads."""
         from tqdm.auto import tqdm
 
-        from ..pipeline import iter_images
-        from ..predict import predict
+        from ..evaluation.pipeline import iter_images
+        from ..evaluation.predict import predict
 
         options = evaluation_kwargs(args)
         self._progress = tqdm(iter_images(self.paths, max_pixels=args.max_pixels),

@@ -2,7 +2,7 @@
 
 ``add_model_options`` (which network, which weights), ``add_evaluation_options`` (scales, flips,
 pooling, device, precision, pixel limit, top-k, JSON, quiet) and ``load_from_args`` (the
-:class:`~fcnclassify.models.LoadedModel` they describe).
+:class:`~fcnclassify.models.registry.LoadedModel` they describe).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .._constants import DEFAULT_MAX_PIXELS, MODEL_NAMES
 
 if TYPE_CHECKING:
-    from ..models import LoadedModel
+    from ..models.registry import LoadedModel
 
 __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
            "parse_sizes", "evaluation_kwargs", "show_progress"]
@@ -52,7 +52,7 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
     ``--device``, ``--dtype``, ``--max-pixels``, ``--max-memory``, ``--quiet``.
 
     ``sizes`` is the command's default: ``"vgg"`` (Q = 256, 384, 512 for a 224 network) or
-    ``"pyramid"`` (:func:`fcnclassify.scales.pyramid_sizes`)."""
+    ``"pyramid"`` (:func:`fcnclassify.evaluation.scales.pyramid_sizes`)."""
     group = parser.add_argument_group("evaluation")
     scale = group.add_mutually_exclusive_group()
     default = ("the VGG dense protocol: 256,384,512 for a 224 network, in proportion for others"
@@ -95,8 +95,8 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The :class:`~fcnclassify.models.LoadedModel` that ``add_model_options`` describes."""
-    from ..models import load_model
+    """The :class:`~fcnclassify.models.registry.LoadedModel` that ``add_model_options`` describes."""
+    from ..models.registry import load_model
 
     name = args.model
     if name is None and str(args.weights) == "default":
@@ -109,7 +109,7 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
 
 
 def evaluation_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`fcnclassify.predict.predict` from ``add_evaluation_options``."""
+    """Keyword arguments of :func:`fcnclassify.evaluation.predict.predict` from ``add_evaluation_options``."""
     sizes = None if args.scales is not None or args.sizes == "vgg" else args.sizes
     return dict(sizes=sizes, scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
                 device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
@@ -160,7 +160,7 @@ def _positive_int(text: str) -> int:
 
 def _memory(text: str) -> int:
     """``2GB``, ``512MiB`` or a bare number of MiB on the command line -> bytes."""
-    from ..memory import parse_memory
+    from ..evaluation.memory import parse_memory
 
     bare = re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", text) is not None
     try:

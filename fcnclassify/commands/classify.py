@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dense import resolve_device, resolve_dtype
+    from ..network.device import resolve_device, resolve_dtype
     from ._loop import ImageLoop, describe_maps
     from ._options import load_from_args
 

@@ -27,8 +27,8 @@ def default_output(name: str, *, cwd: Path | None = None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_weights
-    from ..models import converted_metadata
+    from ..io.checkpoint import save_weights
+    from ..models.registry import converted_metadata
     from ._options import load_from_args
 
     out = Path(args.out) if args.out is not None else (

@@ -29,12 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dense import resolve_device, resolve_dtype
-    from ..images import write_image
-    from ..models import load_model
+    from ..network.device import resolve_device, resolve_dtype
+    from ..io.images import write_image
+    from ..models.registry import load_model
     from ..outputs.files import Job, OutputFolder
     from ..outputs.heatmaps import write_heatmaps
-    from ..predict import predict
+    from ..evaluation.predict import predict
     from ..scene import SCENE_SCALES, check_peaks, compose_scene
 
     check_output_options(args)

@@ -1,7 +1,7 @@
 """``fcnclassify evaluate DATA``: top-1 / top-5 accuracy over a labelled set, VGG Table 5 protocols.
 
 ``DATA`` is an ``ImageFolder`` directory (one folder per class, named by class name or id) or a CSV
-file of ``path,label`` rows. See :mod:`fcnclassify.evaluation` for the protocols.
+file of ``path,label`` rows. See :mod:`fcnclassify.evaluation.protocols` for the protocols.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import default_sizes, evaluate, read_samples
+    from ..evaluation.protocols import default_sizes, evaluate, read_samples
 
     if not Path(args.data).exists():  # before a model download
         raise ValueError(f"{args.data}: no such folder or CSV file")

@@ -1,6 +1,6 @@
 """``fcnclassify heatmap IMAGE...``: class heatmaps blended over each photo, a grid, JSON, raw maps.
 
-The image is evaluated over a pyramid of sizes by default (:func:`fcnclassify.scales.pyramid_sizes`).
+The image is evaluated over a pyramid of sizes by default (:func:`fcnclassify.evaluation.scales.pyramid_sizes`).
 For each image, and each class asked for (default: the top-k classes by their best window), it
 writes the class's per-window probability at the photo's resolution, colour-mapped and blended
 over it with a legend; a grid of the photo and those overlays; and with ``--save-npz`` the raw
@@ -85,7 +85,7 @@ def check_output_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dense import resolve_device, resolve_dtype
+    from ..network.device import resolve_device, resolve_dtype
     from ..outputs.files import OutputFolder
     from ..outputs.heatmaps import write_heatmaps
     from ._loop import ImageLoop

@@ -31,9 +31,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert
-    from ..models import build_original_meta, load_model
-    from ..summary import format_table, layer_table
+    from ..network.convert import convert
+    from ..models.registry import build_original_meta, load_model
+    from ..network.summary import format_table, layer_table
 
     width, height = args.size
     if str(args.weights) == "default":  # shapes do not depend on the weights: nothing to download

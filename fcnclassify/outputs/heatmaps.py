@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..images import write_image
+from ..io.images import write_image
 from .files import Job, OutputFolder, Writer, output_names
 from .render import grid, overlay
 
 if TYPE_CHECKING:
-    from ..predict import Prediction
+    from ..evaluation.predict import Prediction
 
 __all__ = ["DEFAULT_GRID_WIDTH", "DEFAULT_QUALITY", "describe", "describe_maps", "pictures",
            "save_maps", "write_heatmaps"]

@@ -2,7 +2,7 @@
 
 Everything here takes and returns RGB ``uint8`` arrays ``(H, W, 3)``; OpenCV's colour maps and text
 drawing work in BGR, and the conversion happens inside, once. Heat values are class probabilities
-on the image's own pixel grid (:meth:`fcnclassify.scoremap.ScoreMap.to_image_grid`), so an overlay
+on the image's own pixel grid (:meth:`fcnclassify.evaluation.scoremap.ScoreMap.to_image_grid`), so an overlay
 has the photo's resolution and every cell's value sits at the centre of its window.
 """
 
@@ -126,7 +126,7 @@ def grid(panels: Sequence[np.ndarray], titles: Sequence[str], *, height: int = 3
         raise ValueError(f"expected at least one column but got {columns}")
     if max_width is not None and max_width < 16:
         raise ValueError(f"expected a maximum width of at least 16 pixels but got {max_width}")
-    from ..images import resize
+    from ..io.images import resize
 
     scale = min(height / 700 * 1.6, 1.0)
     thickness = max(1, round(scale * 1.6))

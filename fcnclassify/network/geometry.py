@@ -1,7 +1,7 @@
 """Where each cell of a score map sits in the input: window, stride, offset, receptive field.
 
 Everything here is derived from the layers (kernel, stride, padding, dilation, ceil mode of every
-convolution, pooling and padding op; see :mod:`fcnclassify._fx`), never typed in per model.
+convolution, pooling and padding op; see :mod:`fcnclassify.network._fx`), never typed in per model.
 
 Coordinates are in input pixels. A box ``(x0, y0, x1, y1)`` is half-open: pixel columns
 ``x0 .. x1 - 1``. Centres are continuous coordinates, in which pixel ``k`` spans ``[k, k + 1)``.

@@ -21,10 +21,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import _fx
-from .convert import FullyConvNet
+from ..network import _fx
+from ..network.convert import FullyConvNet
 from .dense import run
-from .geometry import Geometry, SizeOp
+from ..network.geometry import Geometry, SizeOp
 from .scoremap import ScoreMap
 
 __all__ = ["interleave", "offset_pooling", "shift_and_stitch", "stitched_evaluate", "stitched_geometry"]
@@ -71,7 +71,7 @@ def shift_and_stitch(fcn: FullyConvNet, x: torch.Tensor, *, factor: int,
         x: Normalised input ``(N, 3, H, W)``, at least ``min_input + (factor - 1) * stride / factor``
             pixels on each side, so that every shifted copy holds one window.
         factor: Shifts per axis; must divide the network's stride (2 and 4 give 16 and 8 from 32).
-        max_memory: Passed on to :func:`fcnclassify.dense.run`: each shifted copy is tiled exactly.
+        max_memory: Passed on to :func:`fcnclassify.evaluation.dense.run`: each shifted copy is tiled exactly.
         channels_last: NHWC memory format.
 
     Returns:
@@ -110,14 +110,14 @@ def offset_pooling(fcn: FullyConvNet, x: torch.Tensor, *, factor: int | None = N
 
 def stitched_evaluate(fcn: FullyConvNet, images: torch.Tensor, *, factor: int,
                       method: str = "shift", **options) -> list[list[ScoreMap]]:
-    """:func:`fcnclassify.dense.dense_evaluate` with maps at stride ``stride / factor``.
+    """:func:`fcnclassify.evaluation.dense.dense_evaluate` with maps at stride ``stride / factor``.
 
     Args:
         images: Normalised images ``(N, 3, H, W)`` or one ``(3, H, W)``.
         factor: Shifts per axis (1: the plain dense map).
         method: ``"shift"`` (shift-and-stitch, exact) or ``"offset_pool"`` (OverFeat, cheaper).
         options: ``scales``, ``sizes``, ``flip``, ``device``, ``dtype``, ``max_memory`` (``"shift"``
-            only), ... as in :func:`~fcnclassify.dense.dense_evaluate`.
+            only), ... as in :func:`~fcnclassify.evaluation.dense.dense_evaluate`.
 
     Returns:
         For each image, for each scale the map and then (with ``flip``) the flipped one.

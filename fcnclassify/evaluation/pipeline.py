@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert import FullyConvNet
-from .dense import dense_evaluate, prepare, resolve
-from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
+from ..network.convert import FullyConvNet
+from ..network.device import prepare, resolve
+from .dense import dense_evaluate
+from ..io.images import DEFAULT_MAX_PIXELS, ImageError, read_image
 from .scoremap import ScoreMap
 
 __all__ = ["default_workers", "dense_maps", "iter_batches", "iter_images"]
@@ -37,13 +38,13 @@ def iter_images(paths: Iterable[str | os.PathLike], *, max_pixels: int | None = 
                 ) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
     """Reads images in parallel threads and yields them in input order.
 
-    A file that cannot be read is yielded with its :class:`~fcnclassify.images.ImageError` in place of
+    A file that cannot be read is yielded with its :class:`~fcnclassify.io.images.ImageError` in place of
     the pixels, so that one bad photo in a folder does not stop the others; any other exception
     (a bug) is raised.
 
     Args:
         paths: Image files, in the order wanted.
-        max_pixels: Passed to :func:`~fcnclassify.images.read_image`.
+        max_pixels: Passed to :func:`~fcnclassify.io.images.read_image`.
         workers: Decoding threads; 0 decodes in the calling thread, None uses :func:`default_workers`.
         prefetch: Images decoded ahead of the consumer (memory bound); default ``2 * workers``.
 
@@ -126,10 +127,10 @@ def dense_maps(fcn: FullyConvNet, paths: Iterable[str | os.PathLike], *,
         fcn: The network.
         paths: Image files, in the order wanted.
         normalize: RGB uint8 ``(H, W, 3)`` -> normalised ``(3, H, W)`` float tensor (a model's
-            :class:`~fcnclassify.models.Normalization`).
+            :class:`~fcnclassify.models.registry.Normalization`).
         batch_size: Images of equal size evaluated together.
         workers, max_pixels: As in :func:`iter_images`.
-        scales, sizes, flip, device, dtype, max_memory: As in :func:`~fcnclassify.dense.dense_evaluate`;
+        scales, sizes, flip, device, dtype, max_memory: As in :func:`~fcnclassify.evaluation.dense.dense_evaluate`;
             an image smaller than one window is zero-padded (``pad=True``).
 
     Yields:

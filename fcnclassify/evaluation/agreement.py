@@ -1,7 +1,7 @@
 """How closely a dense score map matches the crop-by-crop map on the same grid.
 
 The two differ by design: a crop is zero padded at its own border, a dense cell sees the real image
-around its window (VGG paper, section 3.2); see :mod:`fcnclassify.crops`. These numbers say by how
+around its window (VGG paper, section 3.2); see :mod:`fcnclassify.evaluation.crops`. These numbers say by how
 much.
 """
 

@@ -68,7 +68,7 @@ class FullyConvNet(nn.Module):
             ``"activation"`` (a pooled head's class activation map: one stride-sized tile a cell).
         pool: the original model's pooling before its head, ``"avg"``, ``"max"`` or None.
         input_size: the canonical input side the model was trained on.
-        geometry: where each cell sits in the input (:class:`~fcnclassify.geometry.Geometry`).
+        geometry: where each cell sits in the input (:class:`~fcnclassify.network.geometry.Geometry`).
     """
 
     def __init__(self, body: nn.Module, head: nn.Sequential, *, kind: HeadKind,

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .aggregate import fuse, fuse_heatmaps
-from .dense import dense_evaluate, resolve
-from .images import DEFAULT_MAX_PIXELS, read_image
-from .models import LoadedModel
+from ..network.device import resolve
+from .dense import dense_evaluate
+from ..io.images import DEFAULT_MAX_PIXELS, read_image
+from ..models.registry import LoadedModel
 from .scales import pyramid_sizes, scale_factors, vgg_sizes
 from .scoremap import ScoreMap
 
@@ -31,7 +32,7 @@ class Prediction:
         maps: the score maps, for each scale the map and then (with flips) the flipped one; their
             boxes and centres are in pixels of ``image``. Every cell is one window of the image.
         probabilities: ``(classes,)`` image-level probabilities fused over the maps
-            (:func:`fcnclassify.aggregate.fuse`; by default the VGG protocol: each map's logits
+            (:func:`fcnclassify.evaluation.aggregate.fuse`; by default the VGG protocol: each map's logits
             averaged over its positions, softmax, then the mean over scales and flips).
         categories: the class names.
     """
@@ -71,7 +72,7 @@ class Prediction:
 
         In each map every window's probability sits at the window's centre, bilinear in between
         (:meth:`ScoreMap.to_image_grid`); the maps are fused by the per-pixel maximum over scales
-        and flips (:func:`fcnclassify.aggregate.fuse_heatmaps`). A value is therefore the
+        and flips (:func:`fcnclassify.evaluation.aggregate.fuse_heatmaps`). A value is therefore the
         probability of one window, the most confident one centred thereabouts at any scale.
         """
         self._check_class(cls)
@@ -122,17 +123,17 @@ def predict(
     """Evaluate ``model`` densely on one image at several scales and fuse the maps.
 
     The defaults are the VGG paper's dense protocol: the image resized to shorter sides Q = 256,
-    384 and 512 (for a 224 network; :func:`fcnclassify.scales.vgg_sizes`), each evaluated as it is
+    384 and 512 (for a 224 network; :func:`fcnclassify.evaluation.scales.vgg_sizes`), each evaluated as it is
     and mirrored, each map's logits averaged over its positions, softmax, and the posteriors
-    averaged. The image is normalised once and goes through :func:`fcnclassify.dense.dense_evaluate`,
+    averaged. The image is normalised once and goes through :func:`fcnclassify.evaluation.dense.dense_evaluate`,
     so a map here is the map ``dense_evaluate`` gives at the same scale, to the bit. Its boxes are in
     pixels of the original image.
 
     Args:
-        model: from :func:`fcnclassify.models.load_model`.
+        model: from :func:`fcnclassify.models.registry.load_model`.
         image: a file path, or an ``(H, W, 3)`` uint8 RGB array.
         sizes: shorter sides Q in pixels, or ``"pyramid"``: the heatmap pyramid from one window to
-            the image's shorter side (:func:`fcnclassify.scales.pyramid_sizes`). Each Q must be at
+            the image's shorter side (:func:`fcnclassify.evaluation.scales.pyramid_sizes`). Each Q must be at
             least the network's window. Default (with ``scales`` None): the VGG sizes.
         scales: instead of ``sizes``, resize factors (1: the image's own pixels). A scale that
             shrinks the image below one window is refused; an image already smaller than one
@@ -149,7 +150,7 @@ def predict(
         progress: progress bars over the passes and the tiles (None: only on a terminal).
 
     Raises:
-        ValueError: an unreadable image (:class:`fcnclassify.images.ImageError`), a bad option.
+        ValueError: an unreadable image (:class:`fcnclassify.io.images.ImageError`), a bad option.
     """
     if stride_factor < 1:
         raise ValueError(f"expected a stride factor >= 1 but got {stride_factor}")

@@ -29,14 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import crops as _crops
-from ._constants import PROTOCOLS
+from .._constants import PROTOCOLS
 from .aggregate import fuse
-from .dense import dense_evaluate, resolve
-from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
+from ..network.device import resolve
+from .dense import dense_evaluate
+from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
 from .scales import VGG_SIZES, vgg_sizes
 
 if TYPE_CHECKING:
-    from .models import LoadedModel
+    from ..models.registry import LoadedModel
 
 __all__ = ["PROTOCOLS", "Sample", "EvaluationResult", "read_samples", "default_sizes",
            "image_probabilities", "evaluate"]
@@ -199,7 +200,7 @@ def evaluate(
     """Top-1 and top-5 accuracy of ``model`` on ``samples`` under ``protocol``.
 
     Args:
-        model: a :class:`~fcnclassify.models.LoadedModel`.
+        model: a :class:`~fcnclassify.models.registry.LoadedModel`.
         samples: labelled images (:func:`read_samples`).
         protocol: one of :data:`PROTOCOLS`.
         sizes: shorter-side sizes; defaults to :func:`default_sizes`.

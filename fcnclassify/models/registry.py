@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._constants import LITE_MODEL as _LITE, TORCHVISION_MODELS as _TORCHVISION
-from .checkpoint import load_state_dict, load_weights, read_metadata
-from .convert import FullyConvNet, convert
-from .labels import imagenet_categories, placeholder_labels, read_labels
+from .._constants import LITE_MODEL as _LITE, TORCHVISION_MODELS as _TORCHVISION
+from ..io.checkpoint import load_state_dict, load_weights, read_metadata
+from ..network.convert import FullyConvNet, convert
+from ..io.labels import imagenet_categories, placeholder_labels, read_labels
 
 __all__ = ["Normalization", "LoadedModel", "available_models", "build_original", "load_model",
            "IMAGENET", "LITE", "FORMAT"]
@@ -110,7 +110,7 @@ class LoadedModel:
 
     def prepared(self, device: torch.device, dtype: torch.dtype) -> FullyConvNet:
         """The network on ``device`` in ``dtype`` (channels-last), built once and cached."""
-        from .dense import prepare
+        from ..network.device import prepare
 
         key = (str(device), dtype)
         if key not in self._prepared:
@@ -154,7 +154,7 @@ def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None 
         labels: a file with one class name a line; its count must match the head.
         input_size: the side the network was trained at.
         cells: ``"window"`` (every cell one ``input_size`` window) or, for a globally pooled head,
-            ``"activation"`` (the class activation map); see :func:`fcnclassify.convert.convert`.
+            ``"activation"`` (the class activation map); see :func:`fcnclassify.network.convert.convert`.
         progress: show a download progress bar.
 
     Raises:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .geometry import Geometry
+from ..network.geometry import Geometry
 
 __all__ = ["ScoreMap"]
 

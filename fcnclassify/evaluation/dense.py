@@ -2,111 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from .convert import FullyConvNet
-from .geometry import Geometry
+from ..network.convert import FullyConvNet
+from ..network.device import prepare, resolve
+from ..network.geometry import Geometry
 from .scales import scale_factors
 from .scoremap import ScoreMap
 
-__all__ = ["Float32Head", "dense_evaluate", "native_bfloat16", "resolve", "resolve_device", "resolve_dtype",
-           "prepare", "rescale"]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``"auto"`` or None picks CUDA when available, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return device
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 convolutions run natively: CUDA, or a CPU with AVX512-BF16 or AMX (oneDNN)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-_EMULATED = {"said": False}  # the emulation notice is given once per process
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """A torch dtype from a name; float16 only where the device computes it (CUDA).
-
-    bfloat16 on a CPU without native support (no AVX512-BF16 or AMX) gives one RuntimeWarning
-    per process: oneDNN then emulates it, slower than float32.
-    """
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"expected a dtype in {sorted(_DTYPES)} but got {dtype!r}")
-        dtype = _DTYPES[dtype]
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 convolutions are slow or missing on the CPU; use bfloat16")
-    if dtype == torch.bfloat16 and device.type == "cpu" and not _EMULATED["said"] \
-            and not native_bfloat16(device):
-        _EMULATED["said"] = True
-        warnings.warn("bfloat16 is emulated on this CPU (no AVX512-BF16 or AMX): slower than "
-                      "float32, not faster", RuntimeWarning, stacklevel=2)
-    return dtype
-
-
-class Float32Head(nn.Sequential):
-    """A head's layers in float32 whatever the body's dtype: its input is cast up first.
-
-    The head decides the answer (the window's pooling, the classifier, the logits that softmax and
-    argmax read); bfloat16's 8-bit mantissa there ties and swaps close classes.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float())
-
-
-def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
-            channels_last: bool | None = None) -> tuple[nn.Module, bool]:
-    """``fcn`` on ``device`` in ``dtype``, and the memory format to use.
-
-    The network is copied when its device or dtype differs, so that a bfloat16 run never rounds the
-    caller's float32 weights; move it yourself (``fcn.to(device, dtype)``) to avoid the copy.
-    In bfloat16 or float16 the copy of a :class:`FullyConvNet` runs its body in that dtype and its
-    head in float32 (:class:`Float32Head`, copied from the caller's weights, not rounded ones), so
-    the logits are float32.
-    channels_last (None: on) is faster with oneDNN on the CPU and with cuDNN on tensor cores.
-    """
-    channels_last = True if channels_last is None else channels_last
-    param = next(fcn.parameters())
-    if param.device.type != device.type or param.dtype != dtype:
-        head = fcn.head if isinstance(fcn, FullyConvNet) and dtype.itemsize < 4 else None
-        # a float32 head is copied on its own: leave it out of the copy in ``dtype``
-        fcn = copy.deepcopy(fcn, {} if head is None else {id(head): nn.Sequential()})
-        fcn = fcn.to(device=device, dtype=dtype)
-        if head is not None:
-            fcn.head = Float32Head(*copy.deepcopy(head)).to(device=device, dtype=torch.float32)
-    fcn = fcn.eval()
-    if channels_last:
-        fcn = fcn.to(memory_format=torch.channels_last)
-    return fcn, channels_last
-
-
-def resolve(device: str | torch.device | None = None,
-            dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
-    """``(device, dtype)`` from the user's words: the one place both are decided."""
-    device = resolve_device(device)
-    return device, resolve_dtype(dtype, device)
+__all__ = ["dense_evaluate", "rescale", "run"]
 
 
 def dense_evaluate(
@@ -129,15 +37,15 @@ def dense_evaluate(
 
     The one evaluation loop of the package: for each scale the batch is resized once (one rule,
     :func:`rescale`), then for each flip evaluated by one forward strategy: the whole input, exact
-    tiles within a memory budget (:mod:`fcnclassify.tiling`), or shift-and-stitch / offset pooling
-    for a finer stride (:mod:`fcnclassify.stitch`). :func:`fcnclassify.predict.predict`, the
-    ``dense`` protocol of :mod:`fcnclassify.evaluation` and the commands all come through here.
+    tiles within a memory budget (:mod:`fcnclassify.evaluation.tiling`), or shift-and-stitch / offset pooling
+    for a finer stride (:mod:`fcnclassify.evaluation.stitch`). :func:`fcnclassify.evaluation.predict.predict`, the
+    ``dense`` protocol of :mod:`fcnclassify.evaluation.protocols` and the commands all come through here.
 
     Args:
         images: normalised images, ``(N, 3, H, W)`` or one ``(3, H, W)``.
         scales: resize factors; each image is resized to ``round(H * s) x round(W * s)``.
         sizes: instead of ``scales``, the VGG paper's Q: the shorter side in pixels
-            (:mod:`fcnclassify.scales`). Neither: the images as they are.
+            (:mod:`fcnclassify.evaluation.scales`). Neither: the images as they are.
         flip: also evaluate the horizontally flipped images (the VGG protocol).
         device: ``"cpu"``, ``"cuda"``, or ``"auto"``/None.
         dtype: float32 (default), bfloat16, or float16 (CUDA only).
@@ -145,11 +53,11 @@ def dense_evaluate(
         pad: zero-pad (bottom and right) an input smaller than one window instead of raising.
         max_memory: memory budget in bytes for everything the evaluation holds besides the
             weights: the images at each scale, the maps, one pass's working memory; larger inputs
-            are evaluated in exact tiles (:func:`fcnclassify.tiling.tiled_forward`). None: tiles
+            are evaluated in exact tiles (:func:`fcnclassify.evaluation.tiling.tiled_forward`). None: tiles
             only an input whose untiled pass would take more than half of the device's available
             memory.
         stride_factor: ``k > 1`` gives maps at stride ``stride / k`` from ``k * k`` shifted
-            evaluations (:func:`fcnclassify.stitch.shift_and_stitch`).
+            evaluations (:func:`fcnclassify.evaluation.stitch.shift_and_stitch`).
         method: with ``stride_factor > 1``, ``"shift"`` (shift-and-stitch, exact) or
             ``"offset_pool"`` (OverFeat's offset max-pooling, cheaper).
         progress: progress bars over the passes and the tiles (tqdm, on a terminal).

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2  # the package's __init__ has lifted OpenCV's own pixel limit: `max_pixels` speaks
 import numpy as np
 
-from ._constants import DEFAULT_MAX_PIXELS
+from .._constants import DEFAULT_MAX_PIXELS
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "ImageWarning", "list_images",
            "read_image", "resize", "scaled_size", "write_image"]

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .convert import FullyConvNet
-from .geometry import Geometry
+from ..network.convert import FullyConvNet
+from ..network.geometry import Geometry
 from .memory import activation_memory, available_memory, bytes_per_pixel, format_bytes
 
 __all__ = ["SlowTilingWarning", "Tile", "choose_tile", "needs_tiling", "plan_tiles", "tiled_forward"]
@@ -61,7 +61,7 @@ def tiled_forward(fcn: FullyConvNet, x: torch.Tensor, *, max_memory: int | None 
 
     The budget covers everything the pass holds besides the weights: ``held`` bytes that the caller
     keeps (other scales, earlier maps), the input ``x``, the output map, and the working memory of
-    one tile (its crop, activations and logits, :func:`fcnclassify.memory.activation_memory`). The
+    one tile (its crop, activations and logits, :func:`fcnclassify.evaluation.memory.activation_memory`). The
     tiles get what is left, and are chosen by :func:`choose_tile` for the least overlap work.
 
     Args:
@@ -181,7 +181,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
     """The tile, in output cells ``(rows, cols)``, of the least overlap work whose crops fit.
 
     Work is the number of input pixels that the crops hold together (the network's cost grows with
-    it); a crop fits when :func:`fcnclassify.memory.activation_memory` of the largest one is at most
+    it); a crop fits when :func:`fcnclassify.evaluation.memory.activation_memory` of the largest one is at most
     ``max_memory`` bytes. Memory grows with each side of the crop, so for each tile height on the
     Pareto front (shorter crops, more work) the widest tile that fits is the best one: a walk that
     costs one shape-only replay per step.
@@ -190,7 +190,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
         fcn: The network.
         size: The input ``(H, W)`` in pixels.
         max_memory: Bytes for one tile's working memory.
-        batch, dtype: As in :func:`fcnclassify.memory.activation_memory`.
+        batch, dtype: As in :func:`fcnclassify.evaluation.memory.activation_memory`.
         fixed, budget: For messages only: bytes held besides the tile, and the whole budget that
             ``max_memory`` is what is left of (default ``max_memory``), in the user's units.
         staging: Count one float32 copy of the crop besides the network's input (a transform's).

@@ -21,8 +21,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from . import _fx
-from .convert import FullyConvNet
+from ..network import _fx
+from ..network.convert import FullyConvNet
 
 __all__ = ["MemorySize", "activation_memory", "available_memory", "bytes_per_pixel", "format_bytes",
            "parse_memory"]

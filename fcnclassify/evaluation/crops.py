@@ -5,7 +5,7 @@ Two uses:
 * **Crops on the dense grid** (:func:`crop_map`): one crop per cell of the dense score map, laid on
   exactly its grid (same stride, same scale), evaluated by the *original* classifier in batches, so
   that crop ``(i, j)`` answers for cell ``(i, j)`` and the two maps compare cell by cell
-  (:mod:`fcnclassify.agreement`).
+  (:mod:`fcnclassify.evaluation.agreement`).
 
   - For a fully-connected head (kind ``"fc"``: VGG, AlexNet) crop ``(i, j)`` is the cell's window,
     ``geometry.box(i, j)``, of the canonical input size (224 for VGG16).
@@ -46,9 +46,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from tqdm.auto import tqdm
 
-from .convert import FullyConvNet
-from .dense import prepare, resolve
-from .geometry import Geometry
+from ..network.convert import FullyConvNet
+from ..network.device import prepare, resolve
+from ..network.geometry import Geometry
 from .scales import VGG_SIZES
 from .scoremap import ScoreMap
 
@@ -194,7 +194,7 @@ def _batches(model: nn.Module, image: torch.Tensor, boxes: np.ndarray, *, batch_
 
 def _prepare(model: nn.Module, *, device, dtype, channels_last) -> tuple[nn.Module, torch.device,
                                                                          torch.dtype, bool]:
-    """The model on ``device`` in ``dtype`` (a copy when either differs), via dense.prepare."""
+    """The model on ``device`` in ``dtype`` (a copy when either differs), via network.device.prepare."""
     device, dtype = resolve(device, dtype)
     model, nhwc = prepare(model, device=device, dtype=dtype, channels_last=channels_last)
     return model, device, dtype, nhwc

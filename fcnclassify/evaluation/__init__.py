@@ -1,0 +1,1 @@
+"""One evaluation loop and its strategies: dense maps, tiles, stitching, crops, protocols."""

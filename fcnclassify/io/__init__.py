@@ -1,0 +1,1 @@
+"""Reading: photos, weights files, label lists."""

@@ -1,0 +1,1 @@
+"""The models fcnclassify knows by name: how each is built, weighted, normalised."""
