@@ -85,9 +85,10 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
                        metavar="N", help="refuse images with more pixels (decompression bombs; "
                                          f"default: {DEFAULT_MAX_PIXELS})")
     group.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
-                       help="activation memory budget, e.g. 2GB or 512MiB (a bare number is MiB); "
-                            "larger inputs run in exact tiles (default: tiles only when an input "
-                            "would not fit in half the available memory)")
+                       help="memory budget of the evaluation besides the weights (the image at "
+                            "each size, its maps, one pass's working memory), e.g. 2GB or 512MiB "
+                            "(a bare number is MiB); larger inputs run in exact tiles (default: "
+                            "tiles only when an input would not fit in half the available memory)")
     group.add_argument("--stride-factor", type=_positive_int, default=1, metavar="K",
                        help="score maps at stride/K by shift-and-stitch (K*K times the work; "
                             "default: 1)")
