@@ -32,12 +32,6 @@ def score_meaning(pool: str, over: str) -> str:
     return f"image-level probability: {pooled}, then the mean over the maps"
 
 
-def describe_maps(prediction) -> list[dict]:
-    """The maps of a prediction for a JSON document: size Q, resize factor, flip and cells."""
-    return [{"size": min(m.input_size), "scale": round(min(m.scale), 6), "flipped": m.flipped,
-             "cells": list(m.shape)} for m in prediction.maps]
-
-
 def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..network.device import resolve_device, resolve_dtype
-    from ._loop import ImageLoop, describe_maps
+    from ._loop import ImageLoop
     from ._options import load_from_args
 
     resolve_dtype(args.dtype, resolve_device(args.device))  # a bad option fails before any work
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             "image": str(path),
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
-            "maps": describe_maps(prediction),
+            "maps": prediction.describe_maps(),
             "classes": [{"id": i, "label": label, "score": round(score, 6)}
                         for i, label, score in prediction.topk(args.topk)],
         }

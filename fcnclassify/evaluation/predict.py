@@ -99,6 +99,11 @@ class Prediction:
                 "size": min(best.input_size), "scale": round(min(best.scale), 6),
                 "flipped": best.flipped}
 
+    def describe_maps(self) -> list[dict]:
+        """The maps as plain data (for JSON): size Q, resize factor, flip and cells of each."""
+        return [{"size": min(m.input_size), "scale": round(min(m.scale), 6), "flipped": m.flipped,
+                 "cells": list(m.shape)} for m in self.maps]
+
     def _check_class(self, cls: int) -> None:
         if not 0 <= int(cls) < len(self.categories):
             raise ValueError(f"expected a class id in 0..{len(self.categories) - 1} but got {cls}")

@@ -16,7 +16,7 @@ from .render import grid, overlay
 if TYPE_CHECKING:
     from ..evaluation.predict import Prediction
 
-__all__ = ["DEFAULT_GRID_WIDTH", "DEFAULT_QUALITY", "describe", "describe_maps", "pictures",
+__all__ = ["DEFAULT_GRID_WIDTH", "DEFAULT_QUALITY", "describe", "pictures",
            "save_maps", "write_heatmaps"]
 
 DEFAULT_QUALITY = 90  # JPEG and WebP: a 6000 x 4000 overlay is ~3 MB (JPEG), ~2 MB (WebP), not ~37 MB (PNG)
@@ -102,17 +102,11 @@ def save_maps(path: str | Path, prediction: Prediction) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def describe_maps(prediction: Prediction) -> list[dict]:
-    """The maps of a prediction for a JSON document: size Q, resize factor, flip and cells."""
-    return [{"size": min(m.input_size), "scale": round(min(m.scale), 6), "flipped": m.flipped,
-             "cells": list(m.shape)} for m in prediction.maps]
-
-
 def describe(prediction: Prediction, classes: Sequence[int], files: dict | None = None) -> dict:
     """The JSON document of one image: size, maps and, per class, score, peak and overlay."""
     height, width = prediction.image.shape[:2]
     document = {"image": prediction.path, "width": width, "height": height,
-                "maps": describe_maps(prediction), "classes": []}
+                "maps": prediction.describe_maps(), "classes": []}
     overlays = (files or {}).get("overlays") or [None] * len(classes)
     for cls, overlay_path in zip(classes, overlays):
         peak = prediction.peak(cls)
