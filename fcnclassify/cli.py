@@ -58,11 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str) -> Iterator[None]:
-    """The project's own warnings (a damaged image that still decodes) as one line each on stderr."""
+    """The project's own warnings (a damaged image that still decodes) as one line each on stderr;
+    a category with ``once_per_run`` (slow tiles, emulated bfloat16) once per command."""
     show = warnings.showwarning
+    said: set[type] = set()
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         if category.__module__.partition(".")[0] == "fcnclassify":
+            if getattr(category, "once_per_run", False):
+                if category in said:
+                    return
+                said.add(category)
             print(f"fcnclassify {command}: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)

@@ -100,3 +100,26 @@ def test_rgba_image_normalizes_without_a_warning(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert not read_image(path).flags.writeable  # the case the fix is for: a read-only view
+
+
+def test_a_run_says_slow_tiles_and_emulated_bfloat16_once_and_each_damaged_image(capsys):
+    """Per-run notices (a budget that forces slow tiles, emulated bfloat16) once per command, whatever
+    the number of images and sizes; a damaged image's warning once per image."""
+    import warnings
+
+    from fcnclassify.cli import _one_line_warnings
+    from fcnclassify.evaluation.tiling import SlowTilingWarning
+    from fcnclassify.io.images import ImageWarning
+    from fcnclassify.network.device import EmulatedPrecisionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with _one_line_warnings("heatmap"):
+            for n in range(3):
+                warnings.warn(SlowTilingWarning(f"tiles of {n}x{n} cells"))
+                warnings.warn(EmulatedPrecisionWarning("bfloat16 is emulated"))
+                warnings.warn(ImageWarning(f"a{n}.jpg: corrupt JPEG data, decoded anyway"))
+    assert capsys.readouterr().err.splitlines() == [
+        "fcnclassify heatmap: warning: tiles of 0x0 cells",
+        "fcnclassify heatmap: warning: bfloat16 is emulated",
+        *[f"fcnclassify heatmap: warning: a{n}.jpg: corrupt JPEG data, decoded anyway" for n in range(3)]]

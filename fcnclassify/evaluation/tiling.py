@@ -48,6 +48,8 @@ class Tile(NamedTuple):
 class SlowTilingWarning(UserWarning):
     """The budget forces tiles so small that their overlap makes the pass much slower."""
 
+    once_per_run = True  # the command line says it once, not once per image and size
+
 
 # a plan whose crops hold this many times the image's pixels is "much slower" (work ~ pixels)
 SLOW = 1.5

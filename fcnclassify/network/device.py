@@ -10,7 +10,7 @@ from torch import nn
 
 from .convert import FullyConvNet
 
-__all__ = ["Float32Head", "native_bfloat16", "prepare", "resolve", "resolve_device", "resolve_dtype"]
+__all__ = ["EmulatedPrecisionWarning", "Float32Head", "native_bfloat16", "prepare", "resolve", "resolve_device", "resolve_dtype"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,6 +31,12 @@ def native_bfloat16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class EmulatedPrecisionWarning(RuntimeWarning):
+    """bfloat16 asked for on a CPU that emulates it: slower than float32."""
+
+    once_per_run = True
 
 
 _EMULATED = {"said": False}  # the emulation notice is given once per process
@@ -54,7 +60,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             and not native_bfloat16(device):
         _EMULATED["said"] = True
         warnings.warn("bfloat16 is emulated on this CPU (no AVX512-BF16 or AMX): slower than "
-                      "float32, not faster", RuntimeWarning, stacklevel=2)
+                      "float32, not faster", EmulatedPrecisionWarning, stacklevel=2)
     return dtype
 
 
