@@ -120,3 +120,41 @@ def test_parsed_sizes_keep_their_unit():
     assert parse_memory(size).unit == "MB"  # parsing again keeps it
     assert parse_memory("2 mib").unit == "MiB" and parse_memory("4096").unit == "B"
     assert format_bytes(size, like=size) == "170 MB"
+
+
+def _named(error: pytest.ExceptionInfo) -> float:
+    return float(re.search(r"at least ([0-9.]+) MiB", str(error.value)).group(1))
+
+
+def test_dense_evaluate_refuses_up_front_what_a_later_size_cannot_keep(vgg_fcn, image):
+    """A budget that the smallest size keeps but a larger one does not is refused before any pass
+    runs (not after the small one), naming what the most demanding pass needs; that budget then
+    runs every pass, and one unit less is refused up front too."""
+    from fcnclassify import dense_evaluate
+
+    calls = []
+    hook = vgg_fcn.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    try:
+        with pytest.raises(ValueError) as small:  # the smallest size alone: what it needs
+            dense_evaluate(vgg_fcn, image, sizes=[224], max_memory=parse_memory("1MiB"))
+        with pytest.raises(ValueError) as both:  # enough for 224, not for 340 and its flip
+            dense_evaluate(vgg_fcn, image, sizes=[224, 340], flip=True,
+                           max_memory=parse_memory(f"{_named(small)}MiB"))
+        assert calls == []  # refused before the first pass
+        named = _named(both)
+        assert named > _named(small)
+        step = 1 if named >= 10 else 0.1
+        with pytest.raises(ValueError, match="expected max_memory of at least"):
+            dense_evaluate(vgg_fcn, image, sizes=[224, 340], flip=True,
+                           max_memory=parse_memory(f"{named - step}MiB"))
+        assert calls == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SlowTilingWarning)
+            got = dense_evaluate(vgg_fcn, image, sizes=[224, 340], flip=True,
+                                 max_memory=parse_memory(f"{named}MiB"))[0]
+    finally:
+        hook.remove()
+    want = dense_evaluate(vgg_fcn, image, sizes=[224, 340], flip=True)[0]
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.logits, w.logits, **EXACT)

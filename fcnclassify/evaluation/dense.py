@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,27 +78,57 @@ def dense_evaluate(
     forward, geometry = _strategy(fcn, stride_factor=stride_factor, method=method, pad=pad,
                                   channels_last=nhwc, max_memory=max_memory, progress=progress)
     flips = (False, True) if flip else (False,)
+    if max_memory is not None and stride_factor == 1:
+        _check_budget(fcn, images, factors, flips, dtype=dtype, pad=pad, channels_last=nhwc,
+                      max_memory=max_memory)
     out: list[list[ScoreMap]] = [[] for _ in range(len(images))]
     bar = tqdm(total=len(factors) * len(flips), desc="passes", unit="pass", leave=False,
                disable=not progress or len(factors) * len(flips) == 1)
     maps = 0  # bytes of the maps kept so far: a budget counts them (tiling.tiled_forward)
     with torch.inference_mode(), bar:
-        for scale in factors:
-            x = rescale(images.to(device=device, dtype=torch.float32), scale).to(dtype)
-            size = tuple(x.shape[-2:])
-            for flipped in flips:
-                arg = x.flip(-1) if flipped else x
-                kept = {id(images): images, id(x): x}.values()  # x may be the images themselves
-                held = maps + sum(_nbytes(t) for t in kept if t is not arg)
-                logits = forward(arg, held)
-                del arg
-                if flipped:
-                    logits = logits.flip(-1)
-                maps += _nbytes(logits)
-                for n in range(len(images)):
-                    out[n].append(ScoreMap(logits[n], geometry, (height, width), size, flipped))
-                bar.update()
+        for size, flipped, arg, held in _passes(images, factors, flips, device=device, dtype=dtype):
+            logits = forward(arg, held + maps)
+            del arg
+            if flipped:
+                logits = logits.flip(-1)
+            maps += _nbytes(logits)
+            for n in range(len(images)):
+                out[n].append(ScoreMap(logits[n], geometry, (height, width), size, flipped))
+            bar.update()
     return out
+
+
+def _passes(images: torch.Tensor, factors: Sequence[float], flips: Sequence[bool], *,
+            device: torch.device, dtype: torch.dtype) -> Iterator[tuple[tuple[int, int], bool, torch.Tensor, int]]:
+    """``(size, flipped, input, bytes held besides it)`` of each pass: each scale's batch resized
+    once, then as it is and flipped. The held bytes are the caller's images and the resized batch
+    where the input is another tensor (a budget counts them)."""
+    for scale in factors:
+        x = rescale(images.to(device=device, dtype=torch.float32), scale).to(dtype)
+        for flipped in flips:
+            arg = x.flip(-1) if flipped else x
+            kept = {id(images): images, id(x): x}.values()  # x may be the images themselves
+            yield tuple(x.shape[-2:]), flipped, arg, sum(_nbytes(t) for t in kept if t is not arg)
+            del arg  # before the next pass allocates its input
+
+
+def _check_budget(fcn: FullyConvNet, images: torch.Tensor, factors: Sequence[float],
+                  flips: Sequence[bool], *, dtype: torch.dtype, pad: bool, channels_last: bool,
+                  max_memory: int) -> None:
+    """Refuse, before any pass runs, a budget that one of the passes cannot keep, naming what the
+    most demanding one needs (else a later, larger size fails after the smaller ones ran). The
+    passes are replayed on meta tensors: shapes and bytes only."""
+    from .tiling import budget_error, smallest_budget
+
+    meta = torch.empty(images.shape, dtype=images.dtype, device="meta")
+    maps, worst = 0, (0, 0)
+    for _, _, arg, held in _passes(meta, factors, flips, device=meta.device, dtype=dtype):
+        x, held = _run_input(fcn, arg, pad=pad, channels_last=channels_last, held=held + maps)
+        fixed, tile = smallest_budget(fcn, x, held=held)
+        worst = max(worst, (fixed, tile), key=sum)
+        maps += len(x) * fcn.num_classes * math.prod(fcn.geometry.output_size(*x.shape[-2:])) * 4
+    if sum(worst) > max_memory:
+        raise budget_error(*worst, max_memory, batch=len(images))
 
 
 def _strategy(fcn: FullyConvNet, *, stride_factor: int, method: str, pad: bool,
@@ -153,17 +184,24 @@ def _nbytes(x: torch.Tensor) -> int:
     return x.untyped_storage().nbytes()
 
 
+def _run_input(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool, channels_last: bool,
+               held: int) -> tuple[torch.Tensor, int]:
+    """The network's input for ``x`` (padded, channels-last) and the bytes held besides it: a copy
+    leaves the caller's tensor alive during the pass."""
+    for change in (lambda t: _padded(fcn, t) if pad else t,
+                   lambda t: t.contiguous(memory_format=torch.channels_last) if channels_last else t):
+        y = change(x)
+        held += 0 if y is x else _nbytes(x)
+        x = y
+    return x, held
+
+
 def run(fcn: FullyConvNet, x: torch.Tensor, *, pad: bool = False,
         channels_last: bool = True, max_memory: int | None = None,
         progress: bool = False, held: int = 0) -> torch.Tensor:
     """Logits ``(N, classes, h, w)`` as float32 on the CPU for a prepared input batch; ``held``:
     bytes the caller keeps meanwhile, counted against ``max_memory``."""
-    if pad:
-        x = _padded(fcn, x)
-    if channels_last:
-        y = x.contiguous(memory_format=torch.channels_last)
-        held += 0 if y is x else _nbytes(x)  # the caller's copy stays alive during the pass
-        x = y
+    x, held = _run_input(fcn, x, pad=pad, channels_last=channels_last, held=held)
     from .tiling import needs_tiling, tiled_forward
 
     if max_memory is not None or needs_tiling(fcn, x):  # None: tiles only what does not fit

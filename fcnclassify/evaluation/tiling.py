@@ -26,7 +26,8 @@ from ..network.convert import FullyConvNet
 from ..network.geometry import Geometry
 from .memory import activation_memory, available_memory, bytes_per_pixel, format_bytes
 
-__all__ = ["SlowTilingWarning", "Tile", "choose_tile", "needs_tiling", "plan_tiles", "tiled_forward"]
+__all__ = ["SlowTilingWarning", "Tile", "budget_error", "choose_tile", "needs_tiling", "plan_tiles",
+           "smallest_budget", "tiled_forward"]
 
 # share of the available memory that the automatic switch to tiling leaves to one pass
 AUTO_FRACTION = 0.5
@@ -94,7 +95,7 @@ def tiled_forward(fcn: FullyConvNet, x: torch.Tensor, *, max_memory: int | None 
     if tile is None:
         if max_memory is None:
             max_memory = int(available_memory(x.device) * AUTO_FRACTION)
-        fixed = held + _nbytes(x) + len(x) * fcn.num_classes * out_h * out_w * 4
+        fixed = _held_by_pass(fcn, x, held)
         dtype = next(fcn.parameters()).dtype if transform is not None else x.dtype
         tile = choose_tile(fcn, (height, width), max_memory - fixed, batch=len(x), dtype=dtype,
                            fixed=fixed, budget=max_memory, staging=transform is not None)
@@ -213,12 +214,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
     budget = max_memory if budget is None else budget
     smallest = need(rows[0].longest, cols[0].longest)
     if smallest > max_memory:
-        detail = (f"{format_bytes(fixed, like=budget, up=True)} for the image and its maps, "
-                  if fixed else "")
-        raise ValueError(
-            f"expected max_memory of at least {format_bytes(fixed + smallest, like=budget, up=True)} "
-            f"({detail}{format_bytes(smallest, like=budget, up=True)} for one-cell tiles of a batch "
-            f"of {batch}) but got {format_bytes(budget, like=budget)}")
+        raise budget_error(fixed, smallest, budget, batch=batch)
     best, j = None, len(cols) - 1
     for r in rows:  # crops grow taller, so the widest that fits can only get narrower
         while j >= 0 and need(r.longest, cols[j].longest) > max_memory:
@@ -237,6 +233,32 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
             f"{ratio:.1f}x slower than {_cheap_budget(need, rows, cols, size, fixed, budget)}"),
             stacklevel=3)
     return tile
+
+
+def smallest_budget(fcn: FullyConvNet, x: torch.Tensor, *, held: int = 0) -> tuple[int, int]:
+    """What :func:`tiled_forward` on ``x`` needs at least: ``(fixed, tile)``, the bytes it holds
+    besides its tiles (``held``, the input, the map) and the working memory of one-cell tiles.
+    ``x`` may be a meta tensor: only its shape, dtype and layout are read."""
+    _check_tileable(fcn, x)
+    g = fcn.geometry
+    rows, cols = _axis_options(g, x.shape[-2]), _axis_options(g, x.shape[-1])
+    tile = activation_memory(fcn, (rows[0].longest, cols[0].longest), batch=len(x), dtype=x.dtype)
+    return _held_by_pass(fcn, x, held), tile
+
+
+def budget_error(fixed: int, tile: int, budget: int, *, batch: int) -> ValueError:
+    """The refusal of a budget below ``fixed + tile`` bytes, in the units the user gave."""
+    detail = f"{format_bytes(fixed, like=budget, up=True)} for the image and its maps, " if fixed else ""
+    return ValueError(
+        f"expected max_memory of at least {format_bytes(fixed + tile, like=budget, up=True)} "
+        f"({detail}{format_bytes(tile, like=budget, up=True)} for one-cell tiles of a batch "
+        f"of {batch}) but got {format_bytes(budget, like=budget)}")
+
+
+def _held_by_pass(fcn: FullyConvNet, x: torch.Tensor, held: int) -> int:
+    """Bytes a tiled pass holds besides its tiles: the caller's, the input and the output map."""
+    out_h, out_w = fcn.geometry.output_size(*x.shape[-2:])
+    return held + _nbytes(x) + len(x) * fcn.num_classes * out_h * out_w * 4
 
 
 def _cheap_budget(need: Callable[[int, int], int], rows: list[_AxisOption], cols: list[_AxisOption],
