@@ -17,13 +17,11 @@ import numpy as np
 if TYPE_CHECKING:
     from .evaluation.predict import Prediction
 
-__all__ = ["SceneObject", "SCENE_SCALES", "SCENE_SIZE", "PHOTO_CLASSES", "PeakCheck", "check_peaks",
+__all__ = ["SceneObject", "SCENE_SIZE", "PHOTO_CLASSES", "PeakCheck", "check_peaks",
            "compose_scene", "compose_single", "photo", "scene_objects"]
 
 # (height, width) of the canvas, in pixels
 SCENE_SIZE = (1000, 1400)
-# the objects are pasted about 300 pixels tall: at 0.75 they are the 224 pixels the model was trained on
-SCENE_SCALES = (0.75,)
 
 
 @dataclass(frozen=True)

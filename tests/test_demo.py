@@ -14,7 +14,7 @@ from skimage import data
 from fcnclassify import cli
 from fcnclassify.io.images import resize
 from fcnclassify.outputs.files import MANIFEST
-from fcnclassify.scene import SCENE_SCALES, SCENE_SIZE, compose_scene
+from fcnclassify.scene import SCENE_SIZE, compose_scene
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def scene():
 def prediction(lite, scene):
     from fcnclassify.evaluation.predict import predict
 
-    return predict(lite, scene[0], scales=SCENE_SCALES)
+    return predict(lite, scene[0], sizes="pyramid", flip=False)  # as the demo and heatmap
 
 
 def test_scene_is_composed_where_it_says(scene):
@@ -71,8 +71,11 @@ def test_peak_of_each_object_class_lies_inside_it(prediction, scene):
         # the image-grid heatmap (fused, interpolated) of the object's best class, maximum over pixels
         heat = np.stack([prediction.heatmap(c) for c in obj.classes])
         best = int(heat.reshape(len(obj.classes), -1).max(1).argmax())
-        y, x = np.unravel_index(heat[best].argmax(), heat[best].shape)
-        assert obj.contains(x + 0.5, y + 0.5), (obj.name, prediction.categories[obj.classes[best]], x, y)
+        # the maximum is a plateau where the best window's value is held out to the image border
+        # (beyond the outermost window centres): its centroid lies inside the object
+        ys, xs = np.nonzero(heat[best] >= heat[best].max() - 1e-6)
+        x, y = xs.mean() + 0.5, ys.mean() + 0.5
+        assert obj.contains(x, y), (obj.name, prediction.categories[obj.classes[best]], x, y)
         assert heat[best].max() > 0.5  # a confident peak, not noise
         # and the cell peak that the demo reports agrees
         peak = prediction.peak(obj.classes[best])
@@ -91,7 +94,7 @@ def test_demo_command_writes_overlays_and_reports_every_peak_inside(tmp_path, li
     assert len(rows) == 5 and all(row.endswith("yes") for row in rows), stdout
     assert "5/5 peaks inside their objects" in stdout
     names = sorted(p.name for p in out.iterdir())
-    written = ["scene.png", "scene_1_egyptian-cat.jpg", "scene_2_espresso.jpg", "scene_3_projectile.jpg",
+    written = ["scene.png", "scene_1_egyptian-cat.jpg", "scene_2_espresso.jpg", "scene_3_missile.jpg",
                "scene_4_moped.jpg", "scene_5_tripod.jpg", "scene_grid.jpg"]
     assert names == sorted([*written, MANIFEST])
     scene = cv2.imread(str(out / "scene.png"), cv2.IMREAD_COLOR)

@@ -2,7 +2,7 @@
 
 It pastes five CC0 photos (a cat, an espresso, a rocket, a motorcycle, a cameraman with his tripod)
 at known places on a 1400 x 1000 canvas, evaluates the canvas densely with the offline
-``efficientnet_lite0``, writes ``scene.png``, one overlay per object's class
+``efficientnet_lite0`` over the pyramid of sizes that ``heatmap`` uses by default, writes ``scene.png``, one overlay per object's class
 (``scene_<rank>_<class>.jpg``) and a grid (``scene_grid.jpg``), recorded in the folder's manifest,
 and prints whether the peak of each object's class falls inside that object.
 """
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs.files import Job, OutputFolder
     from ..outputs.heatmaps import write_heatmaps
     from ..evaluation.predict import predict
-    from ..scene import SCENE_SCALES, check_peaks, compose_scene
+    from ..scene import check_peaks, compose_scene
 
     check_output_options(args)
     options = {name: getattr(args, name) for name in ("dtype", "alpha", "colormap", "format",
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     canvas, objects = compose_scene()
     model = load_model(MODEL)
-    prediction = predict(model, canvas, scales=SCENE_SCALES, device=args.device, dtype=args.dtype)
+    prediction = predict(model, canvas, sizes="pyramid", flip=False, device=args.device,
+                         dtype=args.dtype)  # what `heatmap` does by default
     prediction.path = str(folder.path / SCENE)
     checks = check_peaks(prediction, objects)
     document = write_heatmaps(folder, job, prediction, [c.cls for c in checks], alpha=args.alpha,
@@ -56,16 +57,17 @@ def run(args: argparse.Namespace) -> int:
                               also={SCENE: lambda path: write_image(path, canvas)})
 
     height, width = canvas.shape[:2]
-    map_h, map_w = prediction.maps[0].shape
-    print(f"{MODEL} on a {width}x{height} scene at scale {', '.join(map(str, SCENE_SCALES))} "
-          f"(score map {map_h}x{map_w}, cell stride {prediction.maps[0].geometry.stride} px):")
+    sizes = ",".join(str(min(m.input_size)) for m in prediction.maps)
+    print(f"{MODEL} on a {width}x{height} scene over the pyramid Q={sizes} (every cell a "
+          f"{model.fcn.geometry.window}-pixel window, stride {model.fcn.geometry.stride}):")
     print(f"{'object':<11} {'box (x0, y0, x1, y1)':<22} {'class':<16} {'peak':>5}  "
-          f"{'at (x, y)':<12} inside")
+          f"{'Q':>4}  {'at (x, y)':<12} inside")
     for check in checks:
         box = "({}, {}, {}, {})".format(*check.object.box)
         at = f"({check.x:.0f}, {check.y:.0f})"
+        size = prediction.peak(check.cls)["size"]
         print(f"{check.object.name:<11} {box:<22} {prediction.categories[check.cls]:<16} "
-              f"{check.score:5.3f}  {at:<12} {'yes' if check.inside else 'NO'}")
+              f"{check.score:5.3f}  {size:>4}  {at:<12} {'yes' if check.inside else 'NO'}")
     hits = sum(c.inside for c in checks)
     print(f"{hits}/{len(checks)} peaks inside their objects")
     print(f"wrote {prediction.path}, {len(document['classes'])} overlays and {document['grid']}")
