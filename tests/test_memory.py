@@ -8,21 +8,11 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import VGG16_NARROW, randomize, vgg_features
-from fcnclassify import convert
 from fcnclassify.evaluation.memory import MemorySize, activation_memory, format_bytes, parse_memory
 from fcnclassify.evaluation.tiling import SlowTilingWarning, choose_tile, plan_tiles, tiled_forward
 
 EXACT = dict(rtol=0.0, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def vgg_fcn():
-    torch.manual_seed(0)
-    head = [nn.Flatten(), nn.Linear(32 * 7 * 7, 24), nn.ReLU(), nn.Linear(24, 6)]
-    return convert(randomize(nn.Sequential(vgg_features(VGG16_NARROW), *head)))
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from fcnclassify.evaluation.tiling import choose_tile, plan_tiles, tiled_forward
 EXACT = dict(rtol=0.0, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def vgg_fcn():
-    """VGG16's layers (3x3 convs with padding 1, five max-pools, fc6 as a 7x7 conv) at 1/16 width."""
-    torch.manual_seed(0)
-    head = [nn.Flatten(), nn.Linear(32 * 7 * 7, 24), nn.ReLU(), nn.Linear(24, 6)]
-    return convert(randomize(nn.Sequential(vgg_features(VGG16_NARROW), *head)))
-
-
 def _narrow_resnet() -> nn.Module:
     """ResNet-18's layer pattern at 8-16 channels: 7x7/2 stem, 3x3/2 max-pool, strided basic blocks
     with 1x1/2 shortcuts, global average pooling; a 195 px receptive field at stride 32."""
