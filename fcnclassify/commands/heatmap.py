@@ -5,7 +5,8 @@ For each image, and each class asked for (default: the top-k classes by their be
 writes the class's per-window probability at the photo's resolution, colour-mapped and blended
 over it with a legend; a grid of the photo and those overlays; and with ``--save-npz`` the raw
 score maps. An input ``chelsea.jpg`` writes ``<out>/chelsea-jpg_<rank>_<class-slug>.jpg``,
-``<out>/chelsea-jpg_grid.jpg`` and ``<out>/chelsea-jpg_maps.npz``
+``<out>/chelsea-jpg_grid.jpg``, ``<out>/chelsea-jpg_maps.npz`` and with ``--viewer`` the folder
+``<out>/chelsea-jpg_viewer/`` (Deep Zoom layers and ``viewer.html``; ``fcnclassify view`` opens it)
 (:mod:`fcnclassify.outputs.files`), and ``<out>/fcnclassify-manifest.json`` records them.
 
 Nothing is overwritten without ``--force``: every image's outputs are checked before any work, so
@@ -31,7 +32,7 @@ FORMATS = ("jpg", "webp", "png")  # fcnclassify.outputs.files.FORMATS, without i
 # what a set of outputs depends on: a set written with other values is not finished for --resume
 OUTPUT_OPTIONS = ("model", "weights", "num_classes", "labels", "input_size", "cells", "sizes",
                   "scales", "flip", "pool", "over", "dtype", "stride_factor", "topk", "classes",
-                  "alpha", "colormap", "format", "quality", "grid_width", "save_npz")
+                  "alpha", "colormap", "format", "quality", "grid_width", "save_npz", "viewer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--save-npz", action="store_true",
                        help="also write <key>_maps.npz: the logits of every map, its scale, flip and "
                             "the cell geometry")
+    group.add_argument("--viewer", action="store_true",
+                       help="also write <key>_viewer/: the photo and each class's heatmap as Deep Zoom "
+                            "layers with viewer.html, a page that works offline from file:// "
+                            "(`fcnclassify view DIR/<key>_viewer` opens it)")
     group.add_argument("--resume", action="store_true",
                        help="skip the images whose outputs are complete with the same input and "
                             "options (after an interrupted run); write the others")
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         documents[path] = write_heatmaps(
             folder, jobs[path], prediction, chosen, alpha=args.alpha, colormap=args.colormap,
             format=args.format, quality=args.quality, grid_width=args.grid_width,
-            save_npz=args.save_npz)
+            save_npz=args.save_npz, viewer=args.viewer, model=model.name)
         if not args.json:
             loop.write(_summary(documents[path]))
     # the same document as `fcnclassify classify --json`, with peaks; input order
@@ -147,6 +152,8 @@ def _summary(document: dict) -> str:
                      f"at ({peak['x']:.0f}, {peak['y']:.0f})  image {entry['score']:.4f}  "
                      f"-> {entry.get('overlay', '')}")
     lines.append(f"  grid -> {document['grid']}")
+    if document.get("viewer"):
+        lines.append(f"  viewer -> {document['viewer']}")
     return "\n".join(lines)
 
 

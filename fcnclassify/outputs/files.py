@@ -3,7 +3,8 @@
 Names. An input ``chelsea.jpg`` writes under the key ``chelsea-jpg``: its file name with the last dot
 made a dash (:func:`output_key`), so that ``chelsea.jpg`` and ``chelsea.png`` of one folder never
 share a file: ``chelsea-jpg_<rank>_<class-slug>.<format>``, ``chelsea-jpg_grid.<format>`` and
-``chelsea-jpg_maps.npz`` (:func:`output_names`). Inputs with the same file name in different
+``chelsea-jpg_maps.npz`` (:func:`output_names`), and with a viewer the folder
+``chelsea-jpg_viewer/`` (:func:`viewer_name`). Inputs with the same file name in different
 folders are numbered in the order given: ``chelsea-jpg``, ``chelsea-jpg-2``, ...
 
 Manifest. ``<folder>/fcnclassify-manifest.json`` records, per key, the input (resolved path, size
@@ -23,13 +24,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MANIFEST", "FORMATS", "Job", "Manifest", "OutputFolder", "output_key", "output_names",
-           "outputs_of", "slug"]
+           "outputs_of", "slug", "viewer_name"]
 
 MANIFEST = "fcnclassify-manifest.json"
 FORMATS = ("jpg", "webp", "png")  # of overlays and grids
@@ -65,6 +67,11 @@ def output_names(key: str, labels: Sequence[str], *, format: str = "jpg",
     return names + ([f"{key}_maps.npz"] if npz else [])
 
 
+def viewer_name(key: str) -> str:
+    """The folder of an image's viewer page and its Deep Zoom tiles (:mod:`fcnclassify.outputs.viewer`)."""
+    return f"{key}_viewer"
+
+
 def outputs_of(key: str, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that belong to image ``key``'s set, of any rank, class or format.
 
@@ -72,7 +79,7 @@ def outputs_of(key: str, names: Sequence[str]) -> list[str]:
     """
     formats = "|".join(FORMATS)
     pattern = re.compile(rf"{re.escape(key)}_(?:\d+_(?!grid\.)[a-z0-9-]+\.(?:{formats})"
-                         rf"|grid\.(?:{formats})|maps\.npz)")
+                         rf"|grid\.(?:{formats})|maps\.npz|viewer)")
     return sorted(n for n in names if pattern.fullmatch(n))
 
 
@@ -191,7 +198,8 @@ class OutputFolder:
         """Writes one image's set: ``files`` maps each name to a function writing that file.
 
         Every file goes to a hidden temporary name first; the set replaces the image's earlier one
-        (files of other ranks, classes or formats are deleted) only once all are written.
+        (files of other ranks, classes or formats are deleted) only once all are written. A writer
+        may write a folder (the viewer's); it replaces the earlier folder of that name whole.
 
         Returns:
             The paths written, in the order of ``files``.
@@ -213,14 +221,18 @@ class OutputFolder:
                                              "complete": False}
             self.manifest.save()
             for name in list(temporaries):
-                os.replace(temporaries[name], self.path / name)
+                target, old = self.path / name, self.path / f".{name}.{token}.old"
+                if target.is_dir() and not target.is_symlink():  # os.replace takes no full folder
+                    os.replace(target, old)
+                os.replace(temporaries[name], target)
                 del temporaries[name]
+                _remove(old)
         except BaseException:
             for temporary in temporaries.values():
-                temporary.unlink(missing_ok=True)
+                _remove(temporary)
             raise
         for name in sorted(earlier - set(files)):
-            (self.path / name).unlink(missing_ok=True)
+            _remove(self.path / name)
         self.manifest.images[job.key] = {**record, "files": list(files), "complete": True,
                                          "document": document}
         self.manifest.save()
@@ -269,3 +281,11 @@ class OutputFolder:
         if not set(entry["files"]) <= present:
             return "some of its outputs are missing"
         return None
+
+
+def _remove(path: Path) -> None:
+    """Deletes a file or a folder of outputs, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""What one prediction leaves behind: an overlay per class with its legend, the grid, the raw maps
-and the JSON document, written as one set of an :class:`~fcnclassify.outputs.files.OutputFolder`."""
+"""What one prediction leaves behind: an overlay per class with its legend, the grid, the raw maps,
+the viewer (Deep Zoom layers and their page) and the JSON document, written as one set of an
+:class:`~fcnclassify.outputs.files.OutputFolder`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io.images import write_image
-from .files import Job, OutputFolder, Writer, output_names
+from .files import Job, OutputFolder, Writer, output_names, viewer_name
 from .render import grid, overlay
 
 if TYPE_CHECKING:
@@ -49,11 +50,15 @@ def pictures(prediction: Prediction, classes: Sequence[int], *, alpha: float = 0
 def write_heatmaps(folder: OutputFolder, job: Job, prediction: Prediction, classes: Sequence[int],
                    *, alpha: float = 0.5, colormap: str = "jet", format: str = "jpg",
                    quality: int = DEFAULT_QUALITY, grid_width: int | None = DEFAULT_GRID_WIDTH,
-                   save_npz: bool = False, also: Mapping[str, Writer] | None = None) -> dict:
+                   save_npz: bool = False, viewer: bool = False, model: str = "",
+                   also: Mapping[str, Writer] | None = None) -> dict:
     """Writes a prediction's overlays, grid and (optionally) maps as ``job``'s set in ``folder``.
 
     Args:
         format: ``"jpg"``, ``"webp"`` (at ``quality``) or ``"png"`` (lossless).
+        viewer: also write the folder ``<key>_viewer/``: the photo and each class's heatmap as
+            Deep Zoom layers and ``viewer.html`` (:func:`~fcnclassify.outputs.viewer.write_photo_viewer`).
+        model: the model's name, shown by the viewer.
         also: more files of the set, by name (the demo's scene).
 
     Returns:
@@ -73,9 +78,21 @@ def write_heatmaps(folder: OutputFolder, job: Job, prediction: Prediction, class
     if save_npz:
         files[names[-1]] = lambda path: save_maps(path, prediction)
     paths = {name: str(folder.path / name) for name in names}
+    page = None
+    if viewer:
+        from .viewer import PAGE, write_photo_viewer
+
+        def viewer_writer(path: Path) -> None:
+            heatmaps = [(prediction.categories[c], prediction.heatmap(c)) for c in classes]
+            title = Path(prediction.path).name if prediction.path else job.key
+            write_photo_viewer(path, prediction.image, heatmaps, title=title, model=model,
+                               colormap=colormap, quality=quality)
+
+        files[viewer_name(job.key)] = viewer_writer
+        page = str(folder.path / viewer_name(job.key) / PAGE)
     document = describe(prediction, classes, {
         "overlays": [paths[n] for n in names[:len(classes)]], "grid": paths[names[len(classes)]],
-        "npz": paths[names[-1]] if save_npz else None})
+        "npz": paths[names[-1]] if save_npz else None, "viewer": page})
     folder.write(job, files, document=document)
     return document
 
@@ -123,4 +140,6 @@ def describe(prediction: Prediction, classes: Sequence[int], files: dict | None 
         document["grid"] = files["grid"]
         if files.get("npz"):
             document["npz"] = files["npz"]
+        if files.get("viewer"):
+            document["viewer"] = files["viewer"]
     return document
