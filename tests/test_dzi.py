@@ -139,8 +139,8 @@ def test_memory_stays_at_a_few_tile_rows_of_a_tall_image(tmp_path, monkeypatch):
     """Reads are bounded and each row is read once; Python's allocations peak at a few tile rows,
     not at the level (48 MB here)."""
     width, height, tile = 1000, 16000, 254
-    monkeypatch.setattr(dzi, "READ_PIXELS", tile * 400)  # three chunks per band: 400, 400, 200
-    band = np.zeros((tile, width, 3), np.uint8)
+    monkeypatch.setattr(dzi, "READ_PIXELS", tile * 400)  # three chunks per band
+    band = np.zeros((tile + 1, width, 3), np.uint8)
     band[:] = np.arange(width, dtype=np.uint8)[None, :, None]
     calls = []
 
@@ -162,7 +162,7 @@ def test_memory_stays_at_a_few_tile_rows_of_a_tall_image(tmp_path, monkeypatch):
     assert covered.all()
     level_bytes = width * height * 3
     band_bytes = tile * width * 3
-    assert peak < 8 * band_bytes < level_bytes / 7, (peak, band_bytes, level_bytes)
+    assert peak < 5 * band_bytes < level_bytes / 12, (peak, band_bytes, level_bytes)
     top = dzi_levels(width, height)[-1]
     assert top == (width, height)
     assert len(os.listdir(tmp_path / "tall_files" / str(len(dzi_levels(width, height)) - 1))) == 4 * 63

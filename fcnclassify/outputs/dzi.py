@@ -8,7 +8,7 @@ of one pixel. A tile covers ``tile_size`` pixels and ``overlap`` more pixels of 
 Streaming. The top level is read in bands of one tile row (in chunks of at most
 :data:`READ_PIXELS` pixels), each row of the image once; every level keeps only the rows its next
 tile row needs, and passes pairs of rows, averaged 2 x 2, to the level below. Memory is a few tile
-rows of each level, whatever the image's height.
+rows of the top level (about 4 x 256 x width x channels bytes), whatever the image's height.
 
 Atomic. Everything is written into a hidden temporary folder beside ``dest`` and renamed into place
 at the end; an exception (in ``read`` or anywhere else) leaves no partial output.
@@ -20,6 +20,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -84,13 +85,15 @@ def write_dzi(dest: str | os.PathLike, width: int, height: int, read: Reader, *,
     work.mkdir()
     try:
         params = ([cv2.IMWRITE_JPEG_QUALITY, int(quality)] if format == "jpeg"
-                  else [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        levels = [_Level(k, w, h, tile_size, overlap, work / f"{stem}_files" / str(k), format, params)
-                  for k, (w, h) in enumerate(dzi_levels(width, height))]
-        for below, level in zip(levels, levels[1:]):
-            level.below = below
-        for rows in _bands(read, width, height, tile_size, FORMATS[format]):
-            levels[-1].push(rows)
+                  else [cv2.IMWRITE_PNG_COMPRESSION, 1])  # 1.5x faster than 3, a few % larger
+        # OpenCV encodes without the GIL: a tile row's tiles are encoded and written in threads
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            levels = [_Level(k, w, h, tile_size, overlap, work / f"{stem}_files" / str(k), format,
+                             params, pool) for k, (w, h) in enumerate(dzi_levels(width, height))]
+            for below, level in zip(levels, levels[1:]):
+                level.below = below
+            for rows in _bands(read, width, height, tile_size, overlap, FORMATS[format]):
+                levels[-1].push(rows)
         if any(level.next_row < level.tile_rows for level in levels):  # a bug, never bad input
             raise RuntimeError("Deep Zoom writer: some tile rows were not written")
         (work / f"{stem}.dzi").write_text(_xml(descriptor))
@@ -104,12 +107,18 @@ def write_dzi(dest: str | os.PathLike, width: int, height: int, read: Reader, *,
     return descriptor
 
 
-def _bands(read: Reader, width: int, height: int, band: int, allowed: tuple[int, ...]):
-    """The image's rows, one band of ``band`` rows at a time, each read in chunks of whole columns."""
-    chunk = max(1, min(width, READ_PIXELS // band))
+def _bands(read: Reader, width: int, height: int, tile_size: int, overlap: int,
+           allowed: tuple[int, ...]):
+    """The image's rows, a band at a time, each read in chunks of whole columns.
+
+    A band ends where a tile row of the top level ends, its overlap included (``ts + ov``,
+    ``2 ts + ov``, ...), so that each band completes one tile row.
+    """
+    chunk = max(1, min(width, READ_PIXELS // (tile_size + overlap)))
     channels = None  # the first read's, among ``allowed``
-    for y in range(0, height, band):
-        h = min(band, height - y)
+    y = 0
+    while y < height:
+        h = min(height, (y // tile_size + 1) * tile_size + overlap) - y
         rows = None
         for x in range(0, width, chunk):
             w = min(chunk, width - x)
@@ -120,23 +129,24 @@ def _bands(read: Reader, width: int, height: int, band: int, allowed: tuple[int,
                 expected = " or ".join(str((h, w, c)) for c in ([channels] if channels else allowed))
                 raise ValueError(f"expected read({x}, {y}, {w}, {h}) to return uint8 pixels of shape "
                                  f"{expected} but got {pixels.dtype} {pixels.shape}")
-            if rows is None:
+            if rows is None:  # our own copy: a reader may reuse its buffer
                 rows = np.empty((h, width, channels), dtype=np.uint8)
             rows[:, x:x + w] = pixels
         yield rows
+        y += h
 
 
 class _Level:
     """One level being written: the rows received and not yet needed, the next tile row to write."""
 
     def __init__(self, index: int, width: int, height: int, tile_size: int, overlap: int,
-                 folder: Path, format: str, params: list[int]) -> None:
+                 folder: Path, format: str, params: list[int], pool: ThreadPoolExecutor) -> None:
         self.index, self.width, self.height = index, width, height
         self.tile_size, self.overlap = tile_size, overlap
-        self.folder, self.format, self.params = folder, format, params
+        self.folder, self.format, self.params, self.pool = folder, format, params, pool
         self.tile_rows = -(-height // tile_size)
         self.tile_cols = -(-width // tile_size)
-        self.rows = np.empty((0, width, 0), dtype=np.uint8)  # buffered rows, the first is row `top`
+        self.chunks: list[np.ndarray] = []  # rows received and still needed, from row `top` on
         self.top = 0
         self.received = 0
         self.next_row = 0
@@ -146,24 +156,43 @@ class _Level:
 
     def push(self, rows: np.ndarray) -> None:
         """Takes the next rows of this level, writes the tile rows they complete, feeds the level below."""
-        self.rows = rows if self.rows.shape[0] == 0 else np.concatenate([self.rows, rows])
-        self.received += rows.shape[0]
+        if rows.shape[0]:
+            self.chunks.append(rows)
+            self.received += rows.shape[0]
         ts, ov = self.tile_size, self.overlap
         while self.next_row < self.tile_rows:
             r = self.next_row
             y0, y1 = max(r * ts - ov, 0), min((r + 1) * ts + ov, self.height)
             if self.received < y1:
                 break
-            self._write_row(r, self.rows[y0 - self.top:y1 - self.top])
+            self._write_row(r, self._rows(y0, y1))
             self.next_row += 1
-            keep = max((r + 1) * ts - ov, 0)  # the first row the next tile row needs
-            self.rows, self.top = self.rows[keep - self.top:], keep
+            self._drop(max((r + 1) * ts - ov, 0))  # keep from the first row the next tile row needs
         if self.below is not None:
             self.below.push(self._halve(rows, last=self.received == self.height))
 
+    def _rows(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of the level (a view when one chunk holds them)."""
+        parts, start = [], self.top
+        for chunk in self.chunks:
+            end = start + chunk.shape[0]
+            if end > y0 and start < y1:
+                parts.append(chunk[max(y0 - start, 0):min(y1, end) - start])
+            start = end
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _drop(self, keep: int) -> None:
+        """Forgets the rows above ``keep``; a chunk cut in two is copied, so the rest is freed."""
+        while self.chunks and self.top + self.chunks[0].shape[0] <= keep:
+            self.top += self.chunks.pop(0).shape[0]
+        if self.chunks and self.top < keep:
+            self.chunks[0] = self.chunks[0][keep - self.top:].copy()
+            self.top = keep
+
     def _write_row(self, r: int, rows: np.ndarray) -> None:
         ts, ov = self.tile_size, self.overlap
-        for c in range(self.tile_cols):
+
+        def write(c: int) -> None:
             x0, x1 = max(c * ts - ov, 0), min((c + 1) * ts + ov, self.width)
             tile = rows[:, x0:x1]
             bgr = cv2.cvtColor(tile, cv2.COLOR_RGB2BGR if tile.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
@@ -172,22 +201,41 @@ class _Level:
                 raise RuntimeError(f"OpenCV could not encode a {self.format} tile of shape {tile.shape}")
             (self.folder / f"{c}_{r}.{self.format}").write_bytes(data.tobytes())
 
+        for _ in self.pool.map(write, range(self.tile_cols)):  # all done, or the first error raised
+            pass
+
     def _halve(self, rows: np.ndarray, *, last: bool) -> np.ndarray:
-        """The level below's rows from these: 2 x 2 means, an odd last row or column alone."""
-        if self.odd is not None:
-            rows, self.odd = np.concatenate([self.odd, rows]), None
-        if rows.shape[0] % 2:
-            if last:
-                rows = np.concatenate([rows, rows[-1:]])
-            else:
-                rows, self.odd = rows[:-1], rows[-1:].copy()
-        if rows.shape[0] == 0:
-            return rows[:, : (self.width + 1) // 2]
-        if self.width % 2:
-            rows = np.concatenate([rows, rows[:, -1:]], axis=1)
-        height, width = rows.shape[0] // 2, rows.shape[1] // 2
-        out = cv2.resize(rows, (width, height), interpolation=cv2.INTER_AREA)
-        return out.reshape(height, width, rows.shape[2])  # cv2 drops a channel axis of 1
+        """The level below's rows from these: 2 x 2 means; an odd last row or column is averaged
+        with itself (the level's size rounded up). A row left without its pair waits for the next."""
+        out = []
+        if self.odd is not None and rows.shape[0]:
+            out.append(_halve_pairs(np.concatenate([self.odd, rows[:1]])))
+            rows, self.odd = rows[1:], None
+        even = rows.shape[0] // 2 * 2
+        if even:
+            out.append(_halve_pairs(rows[:even]))
+        if rows.shape[0] > even:
+            self.odd = rows[even:].copy()
+        if last and self.odd is not None:
+            out.append(_halve_pairs(np.concatenate([self.odd, self.odd])))
+            self.odd = None
+        if not out:
+            return np.empty((0, (self.width + 1) // 2, rows.shape[2]), np.uint8)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _halve_pairs(rows: np.ndarray) -> np.ndarray:
+    """2 x 2 means (rounded half up) of an even number of rows; an odd last column alone, with itself."""
+    height, width, channels = rows.shape
+    even = width // 2 * 2
+    out = np.empty((height // 2, (width + 1) // 2, channels), np.uint8)
+    if even:
+        out[:, :even // 2] = cv2.resize(rows[:, :even], (even // 2, height // 2),
+                                        interpolation=cv2.INTER_AREA).reshape(height // 2, even // 2, channels)
+    if width > even:  # (a + a + b + b + 2) // 4 == (a + b + 1) // 2, as cv2 rounds the others
+        column = rows[:, -1].astype(np.uint16)
+        out[:, -1] = (column[0::2] + column[1::2] + 1) >> 1
+    return out
 
 
 def _xml(descriptor: dict) -> str:
