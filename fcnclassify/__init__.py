@@ -40,6 +40,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "FullyConvNet": "network.convert", "convert": "network.convert",
     "Geometry": "network.geometry",
     "colorize": "outputs.render", "grid": "outputs.render", "overlay": "outputs.render",
+    "write_dzi": "outputs.dzi", "write_viewer": "outputs.viewer",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -61,7 +62,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py 
     from .models.registry import LoadedModel, Normalization, available_models, load_model
     from .network.convert import FullyConvNet, convert
     from .network.geometry import Geometry
+    from .outputs.dzi import write_dzi
     from .outputs.render import colorize, grid, overlay
+    from .outputs.viewer import write_viewer
 
 
 def __getattr__(name: str) -> object:
