@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..models.registry import LoadedModel
 
 __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
-           "parse_sizes", "evaluation_kwargs", "show_progress"]
+           "parse_sizes", "evaluation_kwargs", "runtime", "show_progress"]
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "vgg16") -> None:
@@ -93,12 +93,22 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
                        help="score maps at stride/K by shift-and-stitch (K*K times the work; "
                             "default: 1)")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    group.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
+                       help="what runs the network: PyTorch (default), or onnxruntime on the "
+                            "--onnx file ('fcnclassify export'; without --onnx the model is "
+                            "exported to a temporary file first; CPU provider unless --device cuda)")
+    group.add_argument("--onnx", default=None, metavar="FILE",
+                       help="an ONNX file from 'fcnclassify export': its metadata gives the model, "
+                            "labels, normalisation and geometry (implies --runtime onnxruntime)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The :class:`~fcnclassify.models.registry.LoadedModel` that ``add_model_options`` describes."""
+    """The :class:`~fcnclassify.models.registry.LoadedModel` that ``add_model_options`` describes;
+    with ``--runtime onnxruntime`` its network is an onnxruntime session (:func:`_onnx_model`)."""
     from ..models.registry import load_model
 
+    if runtime(args) == "onnxruntime":
+        return _onnx_model(args)
     name = args.model
     if name is None and str(args.weights) == "default":
         name = getattr(args, "_default_model", "vgg16")
@@ -113,9 +123,62 @@ def evaluation_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`fcnclassify.evaluation.predict.predict` from ``add_evaluation_options``."""
     sizes = None if args.scales is not None or args.sizes == "vgg" else args.sizes
     return dict(sizes=sizes, scales=args.scales, flip=args.flip, pool=args.pool, over=args.over,
-                device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
+                device=_device(args), dtype=args.dtype, max_pixels=args.max_pixels,
                 max_memory=args.max_memory, stride_factor=args.stride_factor,
                 progress=show_progress(args))
+
+
+def runtime(args: argparse.Namespace) -> str:
+    """``"torch"`` or ``"onnxruntime"`` (``--onnx`` implies it); a contradiction is refused."""
+    if not hasattr(args, "runtime"):  # a command without the option (export's --onnx is its output)
+        return "torch"
+    chosen, onnx = args.runtime, args.onnx
+    if onnx is not None and chosen == "torch":
+        raise ValueError("--onnx runs the file with onnxruntime: expected --runtime onnxruntime "
+                         "(or no --runtime) but got --runtime torch")
+    return "onnxruntime" if onnx is not None else chosen or "torch"
+
+
+def _device(args: argparse.Namespace) -> str:
+    # onnxruntime's CPU provider by default: 'auto' must not pick CUDA for it
+    return "cpu" if runtime(args) == "onnxruntime" and args.device == "auto" else args.device
+
+
+def _onnx_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of ``--onnx FILE``, or of the model options exported to a temporary file, run by
+    onnxruntime; its name, labels, normalisation and geometry come from the file's metadata."""
+    import tempfile
+    from pathlib import Path
+
+    from ..models.registry import LoadedModel, Normalization
+    from ..network.export import export_onnx
+    from ..network.onnx_runtime import OnnxNet
+
+    device = _device(args)
+    if args.onnx is None:  # export on the fly: the same model the torch runtime would run
+        model = load_from_args(argparse.Namespace(**{**vars(args), "runtime": "torch"}))
+        with tempfile.TemporaryDirectory(prefix="fcnclassify-onnx-") as folder:
+            export_onnx(model, Path(folder) / "model.onnx")
+            net = OnnxNet(Path(folder) / "model.onnx", device=device)  # the session holds it all
+        print(f"fcnclassify {args.command}: note: {model.name} exported to ONNX for this run; "
+              f"'fcnclassify export -m {model.name} --onnx FILE' once, then --onnx FILE, skips "
+              f"that", file=sys.stderr)
+        weights = model.weights
+    else:
+        given = [f"--{o.replace('_', '-')}" for o, empty in
+                 (("model", None), ("weights", "default"), ("num_classes", None), ("labels", None))
+                 if getattr(args, o, empty) != empty]
+        if given:
+            raise ValueError(f"--onnx {args.onnx} carries its model, labels and normalisation: "
+                             f"expected no {', '.join(given)}")
+        net, weights = OnnxNet(args.onnx, device=device), str(args.onnx)
+    if net.mean is None or net.std is None:
+        raise ValueError(f"{args.onnx} has no normalisation in its metadata: export it from a "
+                         f"loaded model, or give export_onnx mean= and std=")
+    categories = net.categories or [str(i) for i in range(net.num_classes)]
+    return LoadedModel(name=net.name, fcn=net, original=None, categories=list(categories),
+                       normalization=Normalization(net.mean, net.std), input_size=net.input_size,
+                       weights=weights)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -30,7 +30,7 @@ HELP = "write class heatmaps of images: an overlay per class, a grid, optional J
 DEFAULT_OUT = "fcnclassify-out"
 FORMATS = ("jpg", "webp", "png")  # fcnclassify.outputs.files.FORMATS, without importing it
 # what a set of outputs depends on: a set written with other values is not finished for --resume
-OUTPUT_OPTIONS = ("model", "weights", "num_classes", "labels", "input_size", "cells", "sizes",
+OUTPUT_OPTIONS = ("model", "weights", "onnx", "num_classes", "labels", "input_size", "cells", "sizes",
                   "scales", "flip", "pool", "over", "dtype", "stride_factor", "topk", "classes",
                   "alpha", "colormap", "format", "quality", "grid_width", "save_npz", "viewer")
 

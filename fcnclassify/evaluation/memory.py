@@ -141,6 +141,8 @@ def activation_memory(fcn: FullyConvNet, size: tuple[int, int], *, batch: int = 
         dtype: The compute dtype; default that of the network's weights (whose copy in this dtype
             the estimate then assumes).
     """
+    if not isinstance(fcn, nn.Module):  # another runtime estimates its own graph (OnnxNet)
+        return fcn.activation_memory(size, batch=batch, dtype=dtype)
     height, width = size
     if height < 1 or width < 1 or batch < 1:
         raise ValueError(f"expected a positive size and batch but got {size} x {batch}")
@@ -169,7 +171,8 @@ def bytes_per_pixel(fcn: FullyConvNet, *, dtype: torch.dtype | None = None) -> f
     Activations grow with the pixel count, so ``bytes_per_pixel * batch * H * W`` approximates
     :func:`activation_memory` on large inputs without replaying the graph; cached per network.
     """
-    dtype = next(fcn.parameters()).dtype if dtype is None else dtype
+    if dtype is None:
+        dtype = next(fcn.parameters()).dtype if isinstance(fcn, nn.Module) else torch.float32
     per_dtype = _PER_PIXEL.setdefault(fcn, {})
     if dtype not in per_dtype:
         side = max(1024, fcn.geometry.min_input)

@@ -295,7 +295,7 @@ def _check_tileable(fcn: FullyConvNet, x: torch.Tensor) -> None:
         raise ValueError(f"expected an input of shape (N, 3, H, W) but got {tuple(x.shape)}")
     if fcn.geometry.global_context:
         raise ValueError(
-            f"{type(fcn.body).__name__} has layers that pool over the whole image (squeeze-and-"
+            f"{type(getattr(fcn, 'body', fcn)).__name__} has layers that pool over the whole image (squeeze-and-"
             "excitation or group norm): every cell depends on every pixel, so it cannot be tiled "
             "exactly; run it untiled (max_memory=None)")
     low = fcn.geometry.min_input

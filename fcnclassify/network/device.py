@@ -86,6 +86,8 @@ def prepare(fcn: nn.Module, *, device: torch.device, dtype: torch.dtype,
     the logits are float32.
     channels_last (None: on) is faster with oneDNN on the CPU and with cuDNN on tensor cores.
     """
+    if not isinstance(fcn, nn.Module):  # another runtime (onnx_runtime.OnnxNet): NCHW, as it is
+        return fcn.prepared(device, dtype), False
     channels_last = True if channels_last is None else channels_last
     param = next(fcn.parameters())
     if param.device.type != device.type or param.dtype != dtype:
