@@ -51,6 +51,7 @@ def browse(chromium: str, page: Path, fragment: str, work: Path) -> tuple[dict, 
     shot = work / f"shot-{re.sub(r'[^a-z0-9]+', '-', fragment)}.png"
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--no-first-run", "--disable-extensions", "--mute-audio",
+               "--disable-dev-shm-usage",  # containers often give /dev/shm 64 MB
                f"--user-data-dir={work / 'profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                "--virtual-time-budget=15000", "--dump-dom", f"--screenshot={shot}",
                f"{page.resolve().as_uri()}#{fragment}"]
