@@ -38,6 +38,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "LoadedModel": "models.registry", "Normalization": "models.registry",
     "available_models": "models.registry", "load_model": "models.registry",
     "FullyConvNet": "network.convert", "convert": "network.convert",
+    "export_onnx": "network.export", "OnnxNet": "network.onnx_runtime",
     "Geometry": "network.geometry",
     "colorize": "outputs.render", "grid": "outputs.render", "overlay": "outputs.render",
     "write_dzi": "outputs.dzi", "write_viewer": "outputs.viewer",
@@ -61,6 +62,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py 
     from .io.images import ImageError, read_image
     from .models.registry import LoadedModel, Normalization, available_models, load_model
     from .network.convert import FullyConvNet, convert
+    from .network.export import export_onnx
+    from .network.onnx_runtime import OnnxNet
     from .network.geometry import Geometry
     from .outputs.dzi import write_dzi
     from .outputs.render import colorize, grid, overlay
