@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     models = args.models or list(QUICK_MODELS if args.quick else MODELS)
     sizes = args.sizes or ([224, 512] if args.quick else [224, 512, 1024])
     repeats = args.repeats or (1 if args.quick else 3)
-    doc = {"command": "python -m benchmarks.onnx_runtime " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = argv if argv is not None else sys.argv[1:]
+    doc = {"command": "python -m benchmarks.onnx_runtime " + " ".join(given),
            "cpu": cpu_facts(), "repeats": repeats, "rows": []}
     for model in models:
         for row in measure_model(model, sizes=sizes, repeats=repeats, threads=torch.get_num_threads()):

@@ -18,7 +18,6 @@ from conftest import build
 from fcnclassify.cli import main
 from fcnclassify.evaluation.dense import dense_evaluate
 from fcnclassify.evaluation.tiling import smallest_budget, tiled_forward
-from fcnclassify.network.convert import convert
 from fcnclassify.network.export import FORMAT, VERIFY_SIZES, export_onnx
 from fcnclassify.network.onnx_runtime import OnnxNet, read_metadata
 
