@@ -85,6 +85,24 @@ def test_onnx_logits_match_pytorch_at_three_sizes(vgg_fcn, narrow):
         torch.testing.assert_close(logits, reference, **tolerance(reference))
 
 
+def test_ceil_mode_pooling_exports_with_dynamic_sizes(tmp_path):
+    """SqueezeNet's ceil-mode max pools: named Dims with ranges fail in torch.export (sympy cannot
+    solve the floor guards); the export must still take any size, odd ones included."""
+    from fcnclassify.network.convert import convert
+
+    fcn = convert(build(torchvision.models.squeezenet1_0, 4, num_classes=5))
+    export_onnx(fcn, tmp_path / "squeeze.onnx", verify=None, mean=(0.5,) * 3, std=(0.5,) * 3)
+    net = OnnxNet(tmp_path / "squeeze.onnx")
+    g = torch.Generator().manual_seed(6)
+    for h, w in ((net.geometry.min_input, 231), (301, 257), (450, 333)):
+        x = torch.randn(1, 3, h, w, generator=g)
+        with torch.inference_mode():
+            reference = fcn(x)
+        assert tuple(reference.shape[-2:]) == fcn.geometry.output_size(h, w)
+        torch.testing.assert_close(net(x), reference, **tolerance(reference))
+        assert net.activation_memory((h, w)) > x.numel() * 4  # the graph's shapes are all known
+
+
 def test_metadata_round_trip(vgg_fcn, narrow):
     path, _ = narrow
     meta = read_metadata(path)

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ __all__ = ["FORMAT", "KEYS", "ExportReport", "VERIFY_SIZES", "check_target", "ex
 FORMAT = "fcnclassify-onnx/1"
 KEYS = ("format", "model", "weights", "cells", "input_size", "geometry", "mean", "std", "labels")
 VERIFY_SIZES = ((224, 224), (333, 517), (480, 640))  # square, odd, landscape
-MAX_SIDE = 32768  # the exported graph's largest height or width
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def export_onnx(model, path: str | os.PathLike, *, force: bool = False,
     """Write ``model``'s fully-convolutional network to ``path`` as ONNX and verify it.
 
     The graph takes ``x``: ``(batch, 3, height, width)`` float32, normalised, any batch and any
-    height and width from one window (:attr:`Geometry.min_input`) up to :data:`MAX_SIDE`, and gives
+    height and width from one window (:attr:`Geometry.min_input`), and gives
     ``logits``: ``(batch, classes, rows, cols)``. The file is written under a temporary name next
     to ``path`` and renamed once verified: nothing half-written is left behind.
 
@@ -169,22 +169,47 @@ def check_target(path: Path, *, force: bool) -> Path:
 
 
 def _export(fcn: FullyConvNet, *, opset: int | None):
-    """The ONNX ``ModelProto`` of ``fcn`` with dynamic batch, height and width."""
+    """The ONNX ``ModelProto`` of ``fcn`` with dynamic batch, height and width.
+
+    The sizes are ``Dim.AUTO``: torch.export finds each one's range from the network's own guards
+    (one window at least). Named ``Dim``s with a declared range fail on ceil-mode pooling
+    (SqueezeNet, GoogLeNet: sympy cannot solve the floor guards) and on ConvNeXt's derived sizes;
+    a size that the exporter fixed instead is refused by :func:`_check_dynamic`."""
     from torch.export import Dim
 
-    low = fcn.geometry.min_input
-    side = max(low, fcn.input_size)
-    example = torch.zeros(1, 3, side, side)
-    # min one window: below it FullyConvNet refuses, and the exporter would add a guard anyway
-    dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=low, max=MAX_SIDE),
-                     3: Dim("width", min=low, max=MAX_SIDE)}}
+    side = max(fcn.geometry.min_input, fcn.input_size)
+    example = torch.zeros(2, 3, side + 1, side + 3)  # batch 2, odd sides: nothing specialises on 1
+    dynamic = {"x": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
     chatter = io.StringIO()  # the exporter prints its steps; the caller decides what to say
     with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(fcn, (example,), None, dynamo=True, dynamic_shapes=dynamic,
-                                    input_names=["x"], output_names=["logits"], opset_version=opset,
-                                    external_data=False, verbose=False)
-    return program.model_proto
+        try:
+            program = torch.onnx.export(fcn, (example,), None, dynamo=True, dynamic_shapes=dynamic,
+                                        input_names=["x"], output_names=["logits"],
+                                        opset_version=opset, external_data=False, verbose=False)
+        except Exception as e:  # torch.export's own errors: many lines, none of them the user's
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"torch.onnx could not export {type(fcn.body).__name__} with dynamic "
+                             f"height and width ({type(e).__name__}: {first})") from e
+    proto = program.model_proto
+    _check_dynamic(proto)
+    return proto
+
+
+def _check_dynamic(proto) -> None:
+    """Name the input's batch, height and width, which must all be dynamic."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    fixed = [name for name, dim in zip(("batch", "height", "width"), (dims[0], dims[2], dims[3]))
+             if not dim.HasField("dim_param")]
+    if fixed:
+        raise ValueError(f"torch.onnx fixed the input's {' and '.join(fixed)} (the network's code "
+                         f"depends on the exact size): expected them dynamic")
+    names = {dims[i].dim_param: label for i, label in ((0, "batch"), (2, "height"), (3, "width"))}
+    symbol = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:  # the output's rows and cols are expressions
+            if dim.HasField("dim_param"):
+                dim.dim_param = symbol.sub(lambda m: names[m.group(0)], dim.dim_param)
 
 
 def _verify(fcn: FullyConvNet, path: Path, sizes: Sequence[tuple[int, int]],
@@ -201,7 +226,12 @@ def _verify(fcn: FullyConvNet, path: Path, sizes: Sequence[tuple[int, int]],
         x = torch.randn(1, 3, h, w, generator=g)
         with torch.inference_mode():
             reference = fcn(x).float()
-        logits = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        try:
+            logits = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        except Exception as e:  # onnxruntime's errors: a size the graph cannot take
+            raise ValueError(f"onnxruntime failed on the exported graph at {h}x{w} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); nothing "
+                             f"written") from e
         if logits.shape != reference.shape:
             raise ValueError(f"onnxruntime gave logits of shape {tuple(logits.shape)} at {h}x{w} "
                              f"but PyTorch {tuple(reference.shape)}; nothing written")

@@ -29,6 +29,7 @@ from .geometry import Geometry, SizeOp
 __all__ = ["OnnxNet", "read_metadata"]
 
 SAFETY = 1.1  # as fcnclassify.evaluation.memory.SAFETY: what the kernels add to the live tensors
+_VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Identity"}  # bytes unchanged
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2}  # ONNX elem_type -> bytes
 
 
@@ -158,10 +159,12 @@ def _shape_graph(proto):
     """The model's nodes with its weights as shape-only inputs: a small model for shape inference."""
     onnx = require("onnx")
     helper, graph = onnx.helper, proto.graph
+    small = [t for t in graph.initializer if np.prod(t.dims) <= 64]  # shapes, axes: kept, read
     weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-               for t in graph.initializer]
+               for t in graph.initializer if np.prod(t.dims) > 64]
     model = helper.make_model(
-        helper.make_graph(list(graph.node), "shapes", [*graph.input, *weights], list(graph.output)),
+        helper.make_graph(list(graph.node), "shapes", [*graph.input, *weights], list(graph.output),
+                          initializer=small),
         opset_imports=list(proto.opset_import))
     return model, {t.name for t in graph.initializer}
 
@@ -175,15 +178,24 @@ def _peak_live_bytes(shape_graph, shape: Sequence[int]) -> int:
     for dim, n in zip(dims, shape):
         dim.Clear()
         dim.dim_value = n
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    for output in model.graph.output:  # symbolic there: inferred afresh from the input
+        output.type.tensor_type.ClearField("shape")
+    # data_prop: a Reshape's target computed from Shape ops where ONNX can follow the arithmetic
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True).graph
     sizes = {}
     for info in [*inferred.input, *inferred.value_info, *inferred.output]:
-        if info.name in weights:
-            continue
         t = info.type.tensor_type
-        if not all(d.HasField("dim_value") for d in t.shape.dim):
-            raise ValueError(f"cannot estimate memory: {info.name} has no static shape at {shape}")
-        sizes[info.name] = int(np.prod([d.dim_value for d in t.shape.dim])) * _ITEMSIZE.get(t.elem_type, 4)
+        if info.name not in weights and all(d.HasField("dim_value") for d in t.shape.dim):
+            sizes[info.name] = int(np.prod([d.dim_value for d in t.shape.dim])) * \
+                _ITEMSIZE.get(t.elem_type, 4)
+    for node in inferred.node:  # a view's target that ONNX could not compute: its input's size
+        for name in node.output:
+            if name in sizes:
+                continue
+            if node.op_type not in _VIEWS or node.input[0] not in sizes:
+                raise ValueError(f"cannot estimate the memory of {node.op_type} {name!r}: no "
+                                 f"static shape at input {tuple(shape)}")
+            sizes[name] = sizes[node.input[0]]
     last_use = {}
     nodes = list(inferred.node)
     for index, node in enumerate(nodes):
