@@ -218,16 +218,21 @@ def walk_grid(gm: fx.GraphModule, axis: int) -> Grid:
     """The grid of ``gm``'s output along ``axis`` (0: height, 1: width).
 
     Shapes must have been propagated (:func:`propagate_shapes`) so that an unknown op can be told
-    pointwise (it keeps the spatial size) from spatial (it changes it: an error).
+    pointwise (it keeps the spatial size) from spatial (it changes it: an error). Layout changes
+    are followed: a ``permute`` to channels-last and back (ConvNeXt's LayerNorm), a ``view`` to
+    five dimensions with height and width last (ShuffleNet's channel shuffle), ``chunk``/``split``
+    of a map into maps.
     """
     grids: dict[fx.Node, Grid | str] = {}
+    dims: dict[fx.Node, tuple[int, int]] = {}  # where height and width sit in a node's shape
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             grids[node] = Grid(jump=1, center=0.0, rf=1, ops=())
+            dims[node] = (2, 3)
             continue
         if node.op == "output":
             out = grids.get(node.args[0])
-            if not isinstance(out, Grid):
+            if not isinstance(out, Grid) or dims.get(node.args[0]) != (2, 3):
                 raise ValueError("the network output has no spatial grid")
             return out
         inputs = [grids[a] for a in node.all_input_nodes if a in grids]
@@ -239,29 +244,83 @@ def walk_grid(gm: fx.GraphModule, axis: int) -> Grid:
             grids[node] = GLOBAL
             continue
         op = _layer_op(gm, node, axis)
+        meta = node.meta.get("tensor_meta")
+        if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):  # chunk, split of a map
+            first = local_nodes[0]
+            hw = _spatial(shape(first), dims[first])
+            if op in (None, "unknown") and all(_spatial(m.shape, dims[first]) == hw
+                                               for m in meta if hasattr(m, "shape")):
+                grids[node] = _merge(gm, node, local, has_global=len(local) < len(inputs))
+                dims[node] = dims[first]
+            continue
         out_shape = shape(node)
-        if out_shape is None or len(out_shape) != 4:
-            if op == GLOBAL:
-                grids[node] = GLOBAL
-            continue  # sizes, flattened vectors: not on the grid
-        merged = _merge(gm, node, local, has_global=len(local) < len(inputs))
-        if isinstance(op, SizeOp):
-            grids[node] = merged.then(op)
-        elif op == GLOBAL:
+        if op == GLOBAL:
             grids[node] = GLOBAL
-        elif op == "context":
-            grids[node] = Grid(merged.jump, merged.center, merged.rf, merged.ops, True)
-        elif op == "unknown" and not _keeps_space(node, local_nodes):
-            raise ValueError(f"{describe(gm, node)} changes the spatial size and is not supported")
-        else:
-            grids[node] = merged
+            continue
+        if out_shape is None:
+            continue
+        if isinstance(op, SizeOp) or op == "context":
+            if len(out_shape) != 4:
+                continue
+            merged = _merge(gm, node, local, has_global=len(local) < len(inputs))
+            grids[node] = merged.then(op) if isinstance(op, SizeOp) else Grid(
+                merged.jump, merged.center, merged.rf, merged.ops, True)
+            dims[node] = (2, 3)
+            continue
+        new_dims = _follow_dims(node, local_nodes, dims)
+        if new_dims is None:
+            if op == "unknown" and len(out_shape) == 4:
+                raise ValueError(f"{describe(gm, node)} changes the spatial size and is not supported")
+            continue  # sizes, flattened vectors: not on the grid
+        grids[node] = _merge(gm, node, local, has_global=len(local) < len(inputs))
+        dims[node] = new_dims
     raise ValueError("graph has no output")
 
 
-def _keeps_space(node: fx.Node, inputs: list[fx.Node]) -> bool:
+def _spatial(s, d: tuple[int, int]) -> tuple[int, int] | None:
+    if s is None or len(s) <= max(d):
+        return None
+    return int(s[d[0]]), int(s[d[1]])
+
+
+def _follow_dims(node: fx.Node, inputs: list[fx.Node], dims) -> tuple[int, int] | None:
+    """Where height and width sit in ``node``'s output, or None when it is not a map any more."""
     out = shape(node)
-    ins = [shape(a) for a in inputs]
-    return out is not None and len(out) == 4 and all(s is None or s[2:] == out[2:] for s in ins)
+    src = inputs[0]
+    d = dims[src]
+    src_shape = shape(src) if shape(src) is not None else _tuple_shape(src)
+    hw = _spatial(src_shape, d)
+    if out is None or hw is None:
+        return None
+    new: tuple[int, int] | None = None
+    if _is_call(node, "permute"):
+        perm = node.args[1:] if node.op == "call_method" else (_arg(node, 1, "dims", None),)
+        perm = tuple(perm[0]) if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else tuple(perm)
+        perm = tuple(int(p) % len(out) for p in perm)
+        new = (perm.index(d[0]), perm.index(d[1]))
+    elif _is_call(node, "transpose") or _is_call(node, "swapaxes"):
+        a, b = (int(v) % len(out) for v in node.args[1:3])
+        swap = {a: b, b: a}
+        new = (swap.get(d[0], d[0]), swap.get(d[1], d[1]))
+    elif len(out) == len(src_shape) and _spatial(out, d) == hw:
+        new = d
+    elif d == (len(src_shape) - 2, len(src_shape) - 1) and len(out) >= 3 and tuple(out[-2:]) == hw:
+        new = (len(out) - 2, len(out) - 1)  # a view that keeps height and width last
+    return new if new is not None and _spatial(out, new) == hw else None
+
+
+def _tuple_shape(node: fx.Node):
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape") and meta and hasattr(
+            meta[0], "shape"):
+        return tuple(meta[0].shape)
+    return None
+
+
+def _is_call(node: fx.Node, name: str) -> bool:
+    if node.op == "call_method":
+        return node.target == name
+    return node.op == "call_function" and getattr(node.target, "__name__", None) == name
 
 
 def _merge(gm: fx.GraphModule, node: fx.Node, grids: list[Grid], has_global: bool) -> Grid:

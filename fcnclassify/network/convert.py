@@ -33,9 +33,9 @@ from torch import nn
 from . import _fx
 from .geometry import Geometry
 
-__all__ = ["FullyConvNet", "convert"]
+__all__ = ["FullyConvNet", "PerCellHead", "convert", "refuse_attention"]
 
-HeadKind = Literal["fc", "pooled_linear", "pooled_mlp"]
+HeadKind = Literal["fc", "pooled_linear", "pooled_mlp", "pooled_head"]
 Cells = Literal["window", "activation"]
 
 _ACTIVATIONS = (
@@ -123,12 +123,27 @@ def convert(model: nn.Module, *, input_size: int = 224, cells: Cells = "window")
     """
     if cells not in ("window", "activation"):
         raise ValueError(f"expected cells 'window' or 'activation' but got {cells!r}")
+    refuse_attention(model)
     model = copy.deepcopy(model).eval()
     gm = _fx.trace(model)
     _fx.propagate_shapes(gm, input_size)
+    head_pools = _head_pools(gm)
+    if head_pools:
+        try:
+            return _convert_simple(gm, input_size=input_size, cells=cells, head_pools=head_pools)
+        except ValueError:
+            return _convert_graph(gm, head_pools, input_size=input_size, cells=cells)
+    return _convert_simple(gm, input_size=input_size, cells=cells, head_pools=[])
+
+
+def _convert_simple(gm: fx.GraphModule, *, input_size: int, cells: Cells,
+                    head_pools: list[fx.Node]) -> FullyConvNet:
+    """A chain of head layers after the flatten, converted layer by layer into convolutions."""
     flatten = _find_flatten(gm)
     chain = _head_chain(gm, flatten)
     feature, pool, fused_pool = _pooling_before(gm, flatten)
+    if head_pools and head_pools != [pool]:
+        raise ValueError("the head does not start with its global pooling right before the flatten")
     fshape = _fx.shape(feature)
     _, channels, fh, fw = fshape
     pre: list[nn.Module] = []
@@ -152,6 +167,168 @@ def convert(model: nn.Module, *, input_size: int = 224, cells: Cells = "window")
     body = _fx.truncate(gm, feature)
     return FullyConvNet(body, nn.Sequential(*pre, *head), kind=kind, pool=pool_kind,
                         input_size=input_size, cells=cells).eval()
+
+
+def _convert_graph(gm: fx.GraphModule, pools: list[fx.Node], *, input_size: int,
+                   cells: Cells) -> FullyConvNet:
+    """Any head that sees the features only through global poolings of one feature map: the
+    poolings slide over the canonical window (stride 1) and the original head's own graph runs on
+    every cell's pooled vectors (LayerNorm, MLPs, avg+max and concatenated poolings alike)."""
+    (feature,) = {a for p in pools for a in _fx.tensor_inputs(p) if len(_fx.shape(a) or ()) == 4}
+    _, _, fh, fw = _fx.shape(feature)
+    windows = []
+    keepdim = []
+    kinds = []
+    for p in pools:
+        kind = _pool_kind(gm, p)
+        if kind is None:
+            raise ValueError(f"{_fx.describe(gm, p)}: global pooling of an unknown kind")
+        kinds.append(kind)
+        if cells == "window":
+            windows.append(nn.AvgPool2d((fh, fw), 1) if kind == "avg" else nn.MaxPool2d((fh, fw), 1))
+        else:
+            windows.append(nn.Identity())
+        keepdim.append(len(_fx.shape(p)) == 4)
+    head = PerCellHead(_head_graph(gm, pools), windows, keepdim)
+    body = _fx.truncate(gm, feature)
+    pool = kinds[0] if len(set(kinds)) == 1 else "+".join(sorted(set(kinds)))
+    return FullyConvNet(body, nn.Sequential(head), kind="pooled_head", pool=pool,
+                        input_size=input_size, cells=cells).eval()
+
+
+class PerCellHead(nn.Module):
+    """The original head after its global pooling(s), run on every cell of a map.
+
+    ``pools[k]`` pools the feature map over each cell's window (or is the identity for a class
+    activation map); the pooled vectors of all cells go through ``head`` (the original head's
+    graph, its placeholders the original pooling outputs: ``(N, C, 1, 1)`` where ``keepdim[k]``,
+    else ``(N, C)``) as one batch, and come back as a ``(N, classes, h, w)`` map.
+    """
+
+    def __init__(self, head: fx.GraphModule, pools: list[nn.Module], keepdim: list[bool]) -> None:
+        super().__init__()
+        self.head = head
+        self.pools = nn.ModuleList(pools)
+        self.keepdim = list(keepdim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vectors = []
+        pooled = x
+        for pool, keep in zip(self.pools, self.keepdim):
+            pooled = pool(x)
+            v = pooled.permute(0, 2, 3, 1).flatten(0, 2)
+            vectors.append(v[:, :, None, None] if keep else v)
+        y = self.head(*vectors)
+        return y.reshape(pooled.shape[0], pooled.shape[2], pooled.shape[3], -1).permute(0, 3, 1, 2)
+
+
+def _head_graph(gm: fx.GraphModule, pools: list[fx.Node]) -> fx.GraphModule:
+    """The part of ``gm`` after ``pools``, their outputs its inputs."""
+    graph = fx.Graph()
+    env = {p: graph.placeholder(f"pooled_{i}") for i, p in enumerate(pools)}
+    needed = _ancestors_of_output(gm)
+    started = False
+    for node in gm.graph.nodes:
+        if node in env:
+            started = True
+            continue
+        if node.op == "output":
+            graph.output(env[node.args[0]])
+            break
+        if node.op == "placeholder" or node not in needed:
+            continue
+        if started and all(a in env for a in node.all_input_nodes):
+            env[node] = graph.node_copy(node, lambda n: env[n])
+        elif not node.all_input_nodes or all(
+                a.op == "get_attr" or a in env for a in node.all_input_nodes):
+            env[node] = graph.node_copy(node, lambda n: env[n])  # constants of the head
+    out = fx.GraphModule(gm, graph)
+    out.graph.eliminate_dead_code()
+    out.recompile()
+    out.delete_all_unused_submodules()
+    return out
+
+
+def _ancestors_of_output(gm: fx.GraphModule) -> set[fx.Node]:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    seen: set[fx.Node] = set()
+    stack = [out]
+    while stack:
+        n = stack.pop()
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def _head_pools(gm: fx.GraphModule) -> list[fx.Node]:
+    """The global poolings through which alone the output sees the feature map, in graph order.
+
+    A global pooling whose result flows back into a map (squeeze-and-excitation) is part of the
+    body. Empty when the head sees the map otherwise (a flatten of ``C x 7 x 7``, VGG).
+    """
+    nodes = list(gm.graph.nodes)
+    spatial = set()  # nodes that depend on the input
+    for n in nodes:
+        if n.op == "placeholder" or any(a in spatial for a in n.all_input_nodes):
+            spatial.add(n)
+    candidates = [n for n in nodes if _is_global_pool(gm, n)]
+    users: dict[fx.Node, set[fx.Node]] = {}
+    for c in candidates:
+        seen, stack = set(), [c]
+        while stack:
+            for u in stack.pop().users:
+                if u not in seen:
+                    seen.add(u)
+                    stack.append(u)
+        users[c] = seen
+    changed = True
+    while changed:
+        changed = False
+        region = set(candidates).union(*(users[c] for c in candidates)) if candidates else set()
+        for c in list(candidates):
+            if any(a in spatial and a not in region for u in users[c] for a in u.all_input_nodes):
+                candidates.remove(c)
+                changed = True
+    output = next(n for n in nodes if n.op == "output")
+    if not candidates or not any(output in users[c] for c in candidates):
+        return []
+    sources = {a for c in candidates for a in _fx.tensor_inputs(c) if len(_fx.shape(a) or ()) == 4}
+    if len(sources) != 1:
+        return []
+    return candidates
+
+
+def _is_global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    inputs = [a for a in _fx.tensor_inputs(node) if len(_fx.shape(a) or ()) == 4]
+    if len(inputs) != 1:
+        return False
+    if _is_mean(node) or _is_amax(node):
+        dims = _fx._arg(node, 1, "dim", None)
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        return {d % 4 for d in dims if isinstance(d, int)} >= {2, 3}
+    return _pool_kind(gm, node) is not None and _adaptive_to_one(gm, node)
+
+
+def _is_amax(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "amax") or (
+        node.op == "call_function" and node.target is torch.amax)
+
+
+_ATTENTION = (nn.MultiheadAttention,)
+
+
+def refuse_attention(model: nn.Module) -> None:
+    """A ValueError for a model with attention over all tokens (ViT, Swin, MaxViT), before tracing.
+
+    Recognised by ``nn.MultiheadAttention`` or a module class named ``*Attention*``.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, _ATTENTION) or "Attention" in type(m).__name__:
+            raise ValueError(
+                f"{type(model).__name__} cannot be converted: attention over all tokens "
+                f"('{name}', {type(m).__name__}): a cell cannot be computed from its window alone")
 
 
 def _find_flatten(gm: fx.GraphModule) -> fx.Node:
@@ -234,6 +411,8 @@ def _pool_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
         return _ADAPTIVE_POOLS.get(node.target)
     if _is_mean(node):
         return "avg"
+    if _is_amax(node):
+        return "max"
     return None
 
 
@@ -366,6 +545,8 @@ def _geometry(net: FullyConvNet, *, cells: Cells, input_size: int) -> Geometry:
 
 def _head_grid(head: nn.Sequential, grid: _fx.Grid, axis: int) -> _fx.Grid:
     for m in head:
+        if isinstance(m, PerCellHead):
+            m = m.pools[0]
         if isinstance(m, nn.Conv2d):
             grid = grid.then(_fx.conv_op(m.kernel_size, m.stride, m.padding, m.dilation, axis))
         elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
