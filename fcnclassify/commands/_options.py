@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from .._constants import DEFAULT_MAX_PIXELS, MODEL_NAMES
+from .._constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, LITE_MODEL
 
 if TYPE_CHECKING:
     from ..models.registry import LoadedModel
@@ -21,25 +21,32 @@ __all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "par
            "parse_sizes", "evaluation_kwargs", "runtime", "show_progress"]
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "vgg16") -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = DEFAULT_MODEL) -> None:
     """``--model``, ``--weights``, ``--num-classes``, ``--labels``, ``--input-size``."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", "-m", default=None, metavar="NAME",
-                       help=f"network architecture, one of {', '.join(MODEL_NAMES)} "
-                            f"(default: the one a converted --weights file names, else "
-                            f"{default_model})")
+                       help=f"network: any torchvision classifier (vgg16, resnet50, "
+                            f"convnext_tiny, ...; NAME:TAG picks other weights, e.g. "
+                            f"resnet50:IMAGENET1K_V1), timm/NAME (the timm extra), or "
+                            f"{LITE_MODEL} (offline) (default: the one a converted --weights file "
+                            f"or a hf-hub: repository names, else {default_model})")
     parser.set_defaults(_default_model=default_model)
-    group.add_argument("--weights", "-w", default="default", metavar="default|PATH",
-                       help="'default' (the registry's pretrained ImageNet weights, downloaded and "
-                            "cached by torchvision; efficientnet_lite0 ships offline) or a local "
-                            "file: a state_dict (.pth/.pt/.safetensors), a fine-tuned model's "
-                            "state_dict, or a file written by 'fcnclassify convert'")
+    group.add_argument("--weights", "-w", default="default", metavar="default|PATH|hf-hub:REPO",
+                       help="'default' (the model's pretrained weights: torchvision's downloaded "
+                            "and cached by torch.hub, timm's from the Hugging Face cache or Hub, "
+                            "efficientnet_lite0's shipped offline), a local file (.safetensors/"
+                            ".pth/.pt: a state_dict, possibly fine-tuned, wrapped in "
+                            "'state_dict'/'model' or with DataParallel's 'module.' prefixes, a timm "
+                            "checkpoint, or a file written by 'fcnclassify convert'), or a Hugging "
+                            "Face Hub reference hf-hub:ORG/NAME (cache first; HF_HUB_OFFLINE=1: "
+                            "cache only); never runs code from the file")
     group.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
                        help="classes of a fine-tuned head (default: read from the weights)")
     group.add_argument("--labels", default=None, metavar="FILE",
                        help="class names, one a line, for a fine-tuned head")
-    group.add_argument("--input-size", type=_positive_int, default=224, metavar="PIXELS",
-                       help="the side the network was trained at (default: 224)")
+    group.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
+                       help="the side the network was trained at (default: the weights' own, "
+                            "e.g. 224, 299 for inception_v3)")
     group.add_argument("--cells", choices=("window", "activation"), default="window",
                        help="what a score-map cell is for a globally pooled head (ResNet, "
                             "EfficientNet): one input-size window of the image (default), or one "
@@ -111,10 +118,10 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
         return _onnx_model(args)
     name = args.model
     if name is None and str(args.weights) == "default":
-        name = getattr(args, "_default_model", "vgg16")
+        name = getattr(args, "_default_model", DEFAULT_MODEL)
     return load_model(
         name, weights=args.weights, num_classes=args.num_classes, labels=args.labels,
-        input_size=getattr(args, "input_size", 224), cells=getattr(args, "cells", "window"),
+        input_size=getattr(args, "input_size", None), cells=getattr(args, "cells", "window"),
         progress=show_progress(args),
     )
 

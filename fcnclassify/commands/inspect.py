@@ -32,27 +32,38 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..network.convert import convert
-    from ..models.registry import build_original_meta, load_model
+    from ..models.registry import build_original_meta, load_model, model_spec, resolve
     from ..network.summary import format_table, layer_table
 
     width, height = args.size
     if str(args.weights) == "default":  # shapes do not depend on the weights: nothing to download
-        name = args.model or "vgg16"
-        original = build_original_meta(name, num_classes=args.num_classes or 1000)
-        fcn = convert(original.to_empty(device="cpu"), input_size=args.input_size)
+        name = args.model or args._default_model
+        spec = model_spec(name)
+        input_size = args.input_size or spec.input_size
+        original = build_original_meta(name, num_classes=args.num_classes or spec.num_classes)
+        fcn = convert(original.to_empty(device="cpu"), input_size=input_size)
         source = "random weights (shapes and parameter counts do not depend on them; nothing downloaded)"
+        normalization, crop_pct, interpolation = spec.normalization, spec.crop_pct, spec.interpolation
     else:
         model = load_model(args.model, weights=args.weights, num_classes=args.num_classes,
                            labels=args.labels, input_size=args.input_size)
         name, original, fcn, source = model.name, model.original, model.fcn, f"weights {args.weights}"
+        input_size = model.input_size
+        normalization, crop_pct, interpolation = (model.normalization, model.crop_pct,
+                                                  model.interpolation)
+    family = resolve(name)
     fcn = fcn.to("meta")  # a throwaway copy: tabulate without arithmetic
     g = fcn.geometry
     print(f"{name} at {width}x{height} pixels, {source}")
+    print(f"family {family.name}: trained at {input_size}x{input_size}"
+          + (f", crop {crop_pct:g}" if crop_pct else "")
+          + (f", {interpolation} resize" if interpolation else "")
+          + f", mean {_floats(normalization.mean)}, std {_floats(normalization.std)}")
     print()
     print(f"original {type(original).__name__} (input 1x3x{height}x{width})")
     rows = layer_table(original.to("meta"), (height, width))
     print(format_table(rows, total_params=_count(original)))
-    print(_verdict(rows, fcn.kind, height, width, args.input_size))
+    print(_verdict(rows, fcn.kind, height, width, input_size))
     print()
     print(f"converted FullyConvNet, head kind {fcn.kind!r} (input 1x3x{height}x{width})")
     converted = layer_table(fcn, (height, width)) if min(height, width) >= g.min_input else []
@@ -70,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"score map {h}x{w} ({h * w} cells) for {width}x{height}; minimum input "
               f"{g.min_input}x{g.min_input}")
     return 0
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _count(model) -> int:

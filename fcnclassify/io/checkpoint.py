@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import socket
 import stat
 import uuid
 from collections.abc import Mapping
@@ -14,7 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["load_state_dict", "save_weights", "load_weights", "read_metadata"]
+__all__ = ["load_state_dict", "save_weights", "load_weights", "read_metadata", "HUB_PREFIX",
+           "is_hub_reference", "hub_file", "hub_config"]
+
+HUB_PREFIX = "hf-hub:"
+_HUB_REFERENCE = re.compile(r"hf-hub:([\w.-]+/[\w.-]+)(?:@([\w./-]+?))?(?:/([\w./-]+))?")
+_HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # safetensors first: no pickle at all
+_HUB_TIMEOUT_S = 10.0
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -37,7 +46,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's training checkpoints carry their argparse.Namespace of arguments: a plain
+            # attribute bag, allowed; any other class or function is still refused
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable weights file ({reason[:200]})") from e
@@ -139,3 +151,87 @@ def load_weights(module: nn.Module, source: str | os.PathLike | Mapping[str, tor
             )
     module.load_state_dict(state)
     return module
+
+
+def is_hub_reference(text: object) -> bool:
+    """Whether ``text`` is a Hugging Face Hub reference ``hf-hub:ORG/NAME[@REVISION][/FILE]``."""
+    return isinstance(text, str) and text.startswith(HUB_PREFIX)
+
+
+def _parse_hub(reference: str) -> tuple[str, str | None, str | None]:
+    match = _HUB_REFERENCE.fullmatch(reference)
+    if match is None:
+        raise ValueError(f"expected a Hugging Face Hub reference like hf-hub:timm/resnet18.a1_in1k "
+                         f"(hf-hub:ORG/NAME[@REVISION][/FILE]) but got {reference!r}")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_get(reference: str, repo: str, filename: str, revision: str | None) -> Path | None:
+    """One file of a Hub repository: from the Hugging Face cache, else downloaded (unless
+    ``HF_HUB_OFFLINE`` is set); None when the repository has no such file."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise ValueError(f"{reference}: Hugging Face Hub references need huggingface_hub: "
+                         "pip install 'fcnclassify[timm]'") from e
+    try:  # the cache, without any network attempt
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and kin: not cached
+        pass
+    if _hub_offline():
+        return None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_HUB_TIMEOUT_S)
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, etag_timeout=_HUB_TIMEOUT_S))
+    except Exception as e:
+        kind = type(e).__name__
+        if "EntryNotFound" in kind and "Local" not in kind:  # the repository has no such file
+            return None
+        reason = (str(e).strip().splitlines() or [kind])[0][:160]
+        raise ValueError(f"{reference}: cannot download {filename} from the Hugging Face Hub "
+                         f"({kind}: {reason}); run once online, or set HF_HUB_OFFLINE=1 to use "
+                         "the cache only, or pass --weights FILE") from e
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def hub_file(reference: str) -> Path:
+    """The local path of a Hub reference's weights file (``model.safetensors``, else
+    ``pytorch_model.bin``, or the ``/FILE`` the reference names), from the Hugging Face cache when it
+    is there; with ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+
+    Raises:
+        ValueError: one line: a malformed reference, no weights file, or a failed download.
+    """
+    repo, revision, filename = _parse_hub(reference)
+    for name in (filename,) if filename else _HUB_WEIGHTS:
+        path = _hub_get(reference, repo, name, revision)
+        if path is not None:
+            return path
+    wanted = filename or " or ".join(_HUB_WEIGHTS)
+    if _hub_offline():
+        from huggingface_hub import constants
+
+        raise ValueError(f"{reference}: {wanted} is not in the Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: run once online, "
+                         "or pass --weights FILE")
+    raise ValueError(f"{reference}: expected {wanted} in the repository but found none")
+
+
+def hub_config(reference: str) -> dict:
+    """The repository's ``config.json`` (timm writes ``architecture``, ``num_classes``,
+    ``label_names`` and ``pretrained_cfg`` there), or ``{}`` when it has none."""
+    repo, revision, _ = _parse_hub(reference)
+    path = _hub_get(reference, repo, "config.json", revision)
+    if path is None:
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{reference}: config.json is not readable JSON ({e})") from e
+    return config if isinstance(config, dict) else {}

