@@ -25,6 +25,24 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from e
 
 
+def make_traceable(model: nn.Module) -> nn.Module:
+    """Replace, in place, forwards that torch.fx cannot trace but whose traced meaning is known.
+
+    timm's VGG ``ConvMlp`` (``pre_logits``: fc6 as a 7x7 convolution, fc7 as 1x1) first pools an
+    input smaller than its kernel up to 7x7; a converted network refuses inputs smaller than one
+    window anyway, so that guard is dropped. Call it on a copy.
+    """
+    for m in model.modules():
+        if type(m).__name__ == "ConvMlp" and all(
+                hasattr(m, a) for a in ("input_kernel_size", "fc1", "act1", "drop", "fc2", "act2")):
+            m.forward = _conv_mlp_forward.__get__(m)
+    return model
+
+
+def _conv_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.act2(self.fc2(self.drop(self.act1(self.fc1(x)))))
+
+
 def propagate_shapes(gm: fx.GraphModule, size: int) -> None:
     """Record every node's output shape for a ``1 x 3 x size x size`` input in ``node.meta``.
 

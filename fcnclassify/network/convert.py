@@ -124,7 +124,7 @@ def convert(model: nn.Module, *, input_size: int = 224, cells: Cells = "window")
     if cells not in ("window", "activation"):
         raise ValueError(f"expected cells 'window' or 'activation' but got {cells!r}")
     refuse_attention(model)
-    model = copy.deepcopy(model).eval()
+    model = _fx.make_traceable(copy.deepcopy(model).eval())
     gm = _fx.trace(model)
     _fx.propagate_shapes(gm, input_size)
     head_pools = _head_pools(gm)
