@@ -143,7 +143,8 @@ def load_weights(module: nn.Module, source: str | os.PathLike | Mapping[str, tor
             f"{path}: keys do not match the model ({len(missing)} missing, e.g. "
             f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
-    for k, v in state.items():
+    for k in own:  # the module's order: the first mismatching layer is named
+        v = state[k]
         if own[k].shape != v.shape:
             raise ValueError(
                 f"{path}: '{k}' has shape {tuple(v.shape)} but the model expects "

@@ -264,21 +264,21 @@ def _load_hub(name: str | None, reference: str, *, num_classes, labels, input_si
     if name is None and isinstance(architecture, str):
         name = f"timm/{architecture}"
     path = hub_file(reference)
+    cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    try:
+        if input_size is None and "input_size" in cfg:
+            input_size = int(cfg["input_size"][-1])
+        normalization = Normalization(tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))) \
+            if "mean" in cfg and "std" in cfg else None
+    except (TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{reference}: config.json's pretrained_cfg is not understood ({e})") from e
     model = _load_local(name, path, num_classes=num_classes, labels=labels,
                         input_size=input_size, cells=cells, source=reference)
-    cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    if normalization is not None:
+        model.normalization = normalization
     names = config.get("label_names")
     if labels is None and isinstance(names, list) and len(names) == model.num_classes:
         model.categories = [str(n) for n in names]
-    try:
-        if "mean" in cfg and "std" in cfg:
-            model.normalization = Normalization(tuple(map(float, cfg["mean"])),
-                                                tuple(map(float, cfg["std"])))
-        if input_size is None and "input_size" in cfg and int(cfg["input_size"][-1]) != model.input_size:
-            model = _load_local(name, path, num_classes=num_classes, labels=labels,
-                                input_size=int(cfg["input_size"][-1]), cells=cells, source=reference)
-    except (TypeError, ValueError, IndexError) as e:
-        raise ValueError(f"{reference}: config.json's pretrained_cfg is not understood ({e})") from e
     return model
 
 
