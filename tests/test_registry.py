@@ -327,3 +327,31 @@ def test_default_model_offline_error_says_how_to_get_its_weights(image, capsys, 
     one_line_error(code, out, err, "cannot download vgg16 weights", url, "--weights FILE",
                    str(tmp_path / "hub" / "checkpoints"), "--model efficientnet_lite0")
     assert attempts, "the download went through torch.hub (faked)"
+
+
+def test_hub_unreachable_is_one_fast_line_without_retries(hf_cache, monkeypatch):
+    """Online mode with no route to the Hub: one connection attempt, no huggingface_hub retries
+    (which take ~25 s), one line."""
+    import socket
+
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    tried = []
+    real = huggingface_hub.hf_hub_download
+
+    def cache_only(*args, **kwargs):  # the cache lookup may run; a download must not
+        assert kwargs.get("local_files_only"), "a download was attempted"
+        return real(*args, **kwargs)
+
+    def refuse(address, timeout=None):
+        tried.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValueError, match=r"hf-hub:someone/pets: not in the Hugging Face cache and "
+                                         r"huggingface\.co cannot be reached \(Name or service not "
+                                         r"known\): run once online, or pass --weights FILE"):
+        load_model(None, weights="hf-hub:someone/pets")
+    assert len(tried) == 1 and tried[0][1] == 10.0

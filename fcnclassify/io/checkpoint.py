@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import socket
@@ -185,8 +186,12 @@ def _hub_get(reference: str, repo: str, filename: str, revision: str | None) -> 
         pass
     if _hub_offline():
         return None
+    _hub_reachable(reference)  # huggingface_hub retries an unreachable host for ~25 s: ask once
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_HUB_TIMEOUT_S)
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings: the error below says it in one line
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, etag_timeout=_HUB_TIMEOUT_S))
     except Exception as e:
@@ -199,6 +204,27 @@ def _hub_get(reference: str, repo: str, filename: str, revision: str | None) -> 
                          "the cache only, or pass --weights FILE") from e
     finally:
         socket.setdefaulttimeout(previous)
+        hub_logger.setLevel(level)
+
+
+def _hub_reachable(reference: str) -> None:
+    """One connection attempt to the Hub's host (10 s at most), before huggingface_hub's retries.
+
+    Raises:
+        ValueError: the host cannot be reached, with what to do instead.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=_HUB_TIMEOUT_S).close()
+    except OSError as e:
+        raise ValueError(f"{reference}: not in the Hugging Face cache and {host} cannot be reached "
+                         f"({e.strerror or type(e).__name__}): run once online, or pass --weights "
+                         "FILE") from e
 
 
 def hub_file(reference: str) -> Path:
