@@ -355,3 +355,16 @@ def test_hub_unreachable_is_one_fast_line_without_retries(hf_cache, monkeypatch)
                                          r"known\): run once online, or pass --weights FILE"):
         load_model(None, weights="hf-hub:someone/pets")
     assert len(tried) == 1 and tried[0][1] == 10.0
+
+
+def test_an_unconvertible_model_is_refused_before_any_download(monkeypatch, tmp_path):
+    attempts = []
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: attempts.append(a))
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(ValueError, match="VisionTransformer cannot be converted: attention"):
+            load_model("vit_b_16")
+    finally:
+        torch.hub.set_dir(previous)
+    assert not attempts

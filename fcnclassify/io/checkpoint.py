@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = ["load_state_dict", "save_weights", "load_weights", "read_metadata", "HUB_PREFIX",
-           "is_hub_reference", "hub_file", "hub_config"]
+           "is_hub_reference", "hub_cached", "hub_file", "hub_config"]
 
 HUB_PREFIX = "hf-hub:"
 _HUB_REFERENCE = re.compile(r"hf-hub:([\w.-]+/[\w.-]+)(?:@([\w./-]+?))?(?:/([\w./-]+))?")
@@ -225,6 +225,17 @@ def _hub_reachable(reference: str) -> None:
         raise ValueError(f"{reference}: not in the Hugging Face cache and {host} cannot be reached "
                          f"({e.strerror or type(e).__name__}): run once online, or pass --weights "
                          "FILE") from e
+
+
+def hub_cached(reference: str) -> bool:
+    """Whether the reference's weights file is in the Hugging Face cache (no network)."""
+    repo, revision, filename = _parse_hub(reference)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return any(isinstance(try_to_load_from_cache(repo, name, revision=revision), str)
+               for name in ((filename,) if filename else _HUB_WEIGHTS))
 
 
 def hub_file(reference: str) -> Path:

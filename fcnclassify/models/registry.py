@@ -75,6 +75,9 @@ class Family:
         spec: ``name -> ModelSpec`` of its default weights.
         weights: ``(name, progress) -> state dict`` of its default weights (never runs code).
         adapt: published key names -> the module's (``(name, state) -> state``).
+        local: whether ``name``'s default weights are at hand without the network (else the
+            architecture is converted first, so that one that cannot be converted is refused
+            before a download).
         extra: the pip extra it needs, if any.
         notes: conversion notes, one line.
     """
@@ -87,6 +90,7 @@ class Family:
     spec: Callable[[str], ModelSpec]
     weights: Callable[[str, bool], dict[str, torch.Tensor]]
     adapt: Callable[[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] = _same
+    local: Callable[[str], bool] = lambda name: True
     extra: str | None = None
     notes: str = ""
 
@@ -230,8 +234,11 @@ def load_model(name: str | None = "vgg16", *, weights: str | os.PathLike | None 
         if num_classes not in (None, spec.num_classes):
             raise ValueError(f"the default {name} weights have {spec.num_classes} classes but got "
                              f"--num-classes {num_classes}; pass --weights FILE for a fine-tuned head")
+        original = _empty(name, spec.num_classes)
+        if not family.local(name):  # refuse an architecture that cannot be converted before a download
+            convert(original, input_size=input_size or spec.input_size, cells=cells)
         state = family.adapt(name, family.weights(name, progress))
-        original = load_weights(_empty(name, spec.num_classes), state, name=f"{name} weights")
+        original = load_weights(original, state, name=f"{name} weights")
         source = spec.weights
     return _finish(name, original, source, spec, labels=labels, input_size=input_size, cells=cells)
 

@@ -15,7 +15,8 @@ import functools
 import torch
 from torch import nn
 
-from ..io.checkpoint import hub_file, load_state_dict
+from ..io.checkpoint import hub_cached, hub_file, load_state_dict
+from .._constants import LITE_MODEL
 from ..io.labels import imagenet_categories
 from .loaded import Normalization
 from .registry import Family, ModelSpec
@@ -100,11 +101,26 @@ def _spec(name: str) -> ModelSpec:
                      crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
 
 
-def _weights(name: str, progress: bool) -> dict[str, torch.Tensor]:
+def _hub(name: str) -> str | None:
     cfg = pretrained_cfg(name)
-    if cfg.hf_hub_id:
-        hub = f"hf-hub:{cfg.hf_hub_id}" + (f"/{cfg.hf_hub_filename}" if cfg.hf_hub_filename else "")
-        return load_state_dict(hub_file(hub))
+    if not cfg.hf_hub_id:
+        return None
+    return f"hf-hub:{cfg.hf_hub_id}" + (f"/{cfg.hf_hub_filename}" if cfg.hf_hub_filename else "")
+
+
+def _local(name: str) -> bool:
+    hub = _hub(name)
+    return hub is None or hub_cached(hub)
+
+
+def _weights(name: str, progress: bool) -> dict[str, torch.Tensor]:
+    hub = _hub(name)
+    if hub is not None:
+        try:
+            return load_state_dict(hub_file(hub))
+        except ValueError as e:
+            raise ValueError(f"{name} weights: {e}; or use --model {LITE_MODEL} (works "
+                             "offline)") from e
     raise ValueError(f"{name}: timm names no Hugging Face Hub weights for it (pretrained_cfg has no "
                      f"hf_hub_id): pass --weights FILE or --weights hf-hub:ORG/NAME")
 
@@ -117,6 +133,7 @@ RECORD = Family(
     build=_build,
     spec=_spec,
     weights=_weights,
+    local=_local,
     extra="timm",
     notes="timm/NAME through timm.create_model; normalisation, input size, crop fraction and "
           "interpolation from its pretrained_cfg; weights from its Hugging Face Hub repository",

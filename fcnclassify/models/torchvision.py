@@ -149,6 +149,7 @@ RECORD = Family(
     spec=_spec,
     weights=_weights,
     adapt=_adapt,
+    local=lambda name: cached_file(name).is_file(),
     notes="weights, categories, normalisation and input size from torchvision's weights enum; "
           "NAME:TAG picks weights other than DEFAULT; googlenet/inception_v3 without their "
           "auxiliary classifiers; attention models (ViT, Swin, MaxViT) cannot be converted",
