@@ -35,8 +35,9 @@ _EXPORTS = {  # public name -> the module that defines it
     "load_state_dict": "io.checkpoint", "load_weights": "io.checkpoint",
     "save_weights": "io.checkpoint",
     "ImageError": "io.images", "read_image": "io.images",
-    "LoadedModel": "models.registry", "Normalization": "models.registry",
+    "LoadedModel": "models.loaded", "Normalization": "models.loaded",
     "available_models": "models.registry", "load_model": "models.registry",
+    "model_spec": "models.registry", "ModelSpec": "models.registry",
     "FullyConvNet": "network.convert", "convert": "network.convert",
     "export_onnx": "network.export", "OnnxNet": "network.onnx_runtime",
     "Geometry": "network.geometry",
@@ -60,7 +61,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py 
     from .evaluation.tiling import tiled_forward
     from .io.checkpoint import load_state_dict, load_weights, save_weights
     from .io.images import ImageError, read_image
-    from .models.registry import LoadedModel, Normalization, available_models, load_model
+    from .models.loaded import LoadedModel, Normalization
+    from .models.registry import ModelSpec, available_models, load_model, model_spec
     from .network.convert import FullyConvNet, convert
     from .network.export import export_onnx
     from .network.onnx_runtime import OnnxNet
