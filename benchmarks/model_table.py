@@ -217,8 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = {r["model"]: r for r in table["torchvision"]}
     for name in todo:
         print(name, end=" ", flush=True)
-        rows[name] = torchvision_row(name, max_gflops=args.max_gflops,
-                                     float64_gflops=args.float64_gflops)
+        try:
+            rows[name] = torchvision_row(name, max_gflops=args.max_gflops,
+                                         float64_gflops=args.float64_gflops)
+        except Exception as e:  # a failure of the measurement itself: say so in the row
+            rows[name] = {"model": name, "source": "torchvision", "family": "?", "canonical": "?",
+                          "converts": None, "reason": f"measurement failed: {type(e).__name__}: {e}"}
         print({k: rows[name].get(k) for k in ("converts", "kind", "canonical_diff", "windows_diff",
                                               "seconds", "reason")}, flush=True)
         table["torchvision"] = [rows[n] for n in names if n in rows]

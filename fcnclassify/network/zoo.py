@@ -90,19 +90,24 @@ def _unit_logits(model: nn.Module, size: int, seed: int) -> None:
 
 def feature_module(model: nn.Module, input_size: int) -> tuple[str, tuple[int, int]]:
     """``(name, (h, w))``: the last top-level child of ``model`` whose output is a map of more than
-    one cell at the canonical size (``layer4`` of a ResNet, ``features`` of a VGG), and its size."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [child.register_forward_hook(
-        lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))
-        if isinstance(o, torch.Tensor) else None) for name, child in model.named_children()]
+    one cell at the canonical size that grows with the input (``layer4`` of a ResNet, ``features``
+    of a VGG; not VGG's ``avgpool`` to 7x7), and its size at the canonical size."""
+    shapes: list[dict[str, tuple[int, ...]]] = []
     dtype = next(model.parameters()).dtype
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, dtype=dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    maps = [(n, s) for n, s in shapes.items() if len(s) == 4 and s[2] * s[3] > 1]
+    for size in (input_size, input_size + 64):
+        found: dict[str, tuple[int, ...]] = {}
+        hooks = [child.register_forward_hook(
+            lambda m, i, o, name=name, found=found: found.__setitem__(name, tuple(o.shape))
+            if isinstance(o, torch.Tensor) else None) for name, child in model.named_children()]
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size, dtype=dtype))
+        finally:
+            for h in hooks:
+                h.remove()
+        shapes.append(found)
+    maps = [(n, s) for n, s in shapes[0].items() if len(s) == 4 and s[2] * s[3] > 1
+            and shapes[1].get(n, s)[2:] != s[2:]]
     if not maps:
         raise ValueError(f"{type(model).__name__}: no child module outputs a feature map")
     name, s = maps[-1]
