@@ -9,7 +9,7 @@ the exactness on seeded weights (:func:`fcnclassify.network.zoo.seeded`, logits 
 * ``canonical``: max abs difference between the one cell of the converted network and the
   original logits on a random image of the canonical size;
 * ``windows``: on an image two strides larger each way (a 3x3 map), max abs difference between
-  five cells (corners and centre) and the original model's own head on the features of each cell's
+  three cells (two corners and the centre) and the original model's own head on the features of each cell's
   window (:func:`fcnclassify.network.zoo.window_reference`);
 * ``crop``: the centre cell against the original model on the crop of its window, for information:
   with zero padding inside the network, the crop sees zeros where the dense pass sees the image.
@@ -38,7 +38,7 @@ from fcnclassify.network.zoo import seeded, window_reference
 RESULTS = Path("benchmarks/results/model_table.json")
 DOCS = Path("docs/models.md")
 COMMAND = "python -m benchmarks.model_table"
-CELLS = [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2)]
+CELLS = [(0, 0), (1, 1), (2, 2)]
 
 # timm: the five of issue 11, and the ClassifierHead pool types and NormMlpClassifierHead's MLP
 TIMM = [
@@ -94,7 +94,7 @@ def timm_row(name: str, kwargs: dict, *, float64_gflops: float) -> dict:
         refuse_attention(shell)
     except ValueError as e:
         return {**row, "converts": False, "reason": str(e)}
-    return {**row, **measure(factory, kwargs, size, True)}
+    return {**row, **measure(factory, kwargs, size, False)}
 
 
 def measure(factory, kwargs: dict, size: int, float64: bool) -> dict:
@@ -152,7 +152,7 @@ def markdown(table: dict) -> str:
         "",
         "Columns: **canonical** - max abs difference, converted (one cell) vs original logits, on a "
         "random image of the canonical size (the crop of the default weights); **windows** - on an "
-        "image two strides larger each way (a 3x3 map), five cells vs the original model's own head "
+        "image two strides larger each way (a 3x3 map), three cells (two corners, the centre) vs the original model's own head "
         "on the features of each cell's window; **crop** - the centre cell vs the original on the "
         "crop of its window, for information only (padding inside the network: the crop sees zeros "
         "where the dense pass sees the image). Window, stride and offset in input pixels.",
@@ -175,14 +175,27 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pool(r: dict) -> str:
+    return f" ({r['pool']})" if r.get("pool") else ""
+
+
 def _line(r: dict) -> str:
     conv = {True: "yes", False: "**no**", None: "not run"}[r.get("converts")]
     if r.get("converts"):
-        return (f"| {r['model']} | {r['family']} | {conv} | {r['kind']} ({r['pool']}) | "
+        return (f"| {r['model']} | {r['family']} | {conv} | {r['kind']}{_pool(r)} | "
                 f"{r['window']} / {r['stride']} / {r['offset']} | {r['canonical']} | {r['dtype']} | "
                 f"{r['canonical_diff']:.1e} | {r['windows_diff']:.1e} | {r['crop_diff']:.2g} | |")
     reason = r.get("reason", "").replace("|", "/")
     return (f"| {r['model']} | {r['family']} | {conv} | | | {r['canonical']} | | | | | {reason} |")
+
+
+def _installed(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "-"
 
 
 def _cpu_name() -> str:
@@ -199,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="torchvision names to (re)measure, merged into "
                         "the existing table")
-    parser.add_argument("--max-gflops", type=float, default=60.0)
-    parser.add_argument("--float64-gflops", type=float, default=8.0,
+    parser.add_argument("--max-gflops", type=float, default=400.0)
+    parser.add_argument("--resume", action="store_true",
+                        help="skip torchvision names already measured in the existing table")
+    parser.add_argument("--float64-gflops", type=float, default=0.0,
                         help="measure in float64 up to this many GFLOPs an image, float32 above")
     parser.add_argument("--no-timm", action="store_true")
     args = parser.parse_args(argv)
@@ -215,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     names = torchvision.models.list_models(module=torchvision.models)
     todo = args.only if args.only is not None else names
     rows = {r["model"]: r for r in table["torchvision"]}
+    if args.resume:
+        todo = [n for n in todo if n not in rows or str(rows[n].get("reason", "")).startswith(
+            "measurement failed")]
     for name in todo:
         print(name, end=" ", flush=True)
         try:
@@ -238,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
                                                          "windows_diff", "reason")}, flush=True)
             table["timm"].append(row)
             write_json(RESULTS, table)
-    else:
-        table["timm_version"] = old.get("timm_version", "-")
+    else:  # the timm rows kept from the existing table
+        table["timm_version"] = old.get("timm_version") or _installed("timm")
+        write_json(RESULTS, table)
     DOCS.parent.mkdir(exist_ok=True)
     tmp = DOCS.with_name(DOCS.name + ".tmp")
     tmp.write_text(markdown(table))

@@ -84,7 +84,8 @@ class FullyConvNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return next(m for m in reversed(self.head) if isinstance(m, nn.Conv2d)).out_channels
+        last = next(m for m in reversed(self.head) if isinstance(m, (nn.Conv2d, PerCellHead)))
+        return last.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -189,7 +190,11 @@ def _convert_graph(gm: fx.GraphModule, pools: list[fx.Node], *, input_size: int,
         else:
             windows.append(nn.Identity())
         keepdim.append(len(_fx.shape(p)) == 4)
-    head = PerCellHead(_head_graph(gm, pools), windows, keepdim)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    logits = _fx.shape(output.args[0]) if isinstance(output.args[0], fx.Node) else None
+    if logits is None or len(logits) != 2:
+        raise ValueError(f"expected the model to return (N, classes) logits but got shape {logits}")
+    head = PerCellHead(_head_graph(gm, pools), windows, keepdim, out_channels=logits[1])
     body = _fx.truncate(gm, feature)
     pool = kinds[0] if len(set(kinds)) == 1 else "+".join(sorted(set(kinds)))
     return FullyConvNet(body, nn.Sequential(head), kind="pooled_head", pool=pool,
@@ -205,8 +210,10 @@ class PerCellHead(nn.Module):
     else ``(N, C)``) as one batch, and come back as a ``(N, classes, h, w)`` map.
     """
 
-    def __init__(self, head: fx.GraphModule, pools: list[nn.Module], keepdim: list[bool]) -> None:
+    def __init__(self, head: fx.GraphModule, pools: list[nn.Module], keepdim: list[bool], *,
+                 out_channels: int) -> None:
         super().__init__()
+        self.out_channels = out_channels  # the number of classes
         self.head = head
         self.pools = nn.ModuleList(pools)
         self.keepdim = list(keepdim)
