@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..io.images import ImageError, list_images
-from ._options import evaluation_kwargs, show_progress
+from ._options import engine, evaluation_kwargs, load_from_args, show_progress
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +64,9 @@ class ImageLoop:
         from ..evaluation.predict import predict
 
         options = evaluation_kwargs(args)
+        if engine(args) != "local":
+            yield from self._distributed(model, args, options)
+            return
         self._progress = tqdm(iter_images(self.paths, max_pixels=args.max_pixels),
                               total=len(self.paths), unit="image", disable=not show_progress(args))
         for path, image in self._progress:
@@ -77,6 +80,22 @@ class ImageLoop:
                 continue
             prediction.path = str(path)
             yield path, image, prediction
+
+    def _distributed(self, model, args: argparse.Namespace, options: dict):
+        """As :meth:`predictions`, the work on Ray or torchrun ranks (:mod:`fcnclassify.distributed`)."""
+        import functools
+
+        from ..distributed import map_ordered
+        from ..distributed.work import Failure, PredictWork
+
+        work = PredictWork(functools.partial(load_from_args, args), options, args.max_pixels)
+        items = [str(path) for path in self.paths]
+        results = map_ordered(engine(args), work, items, address=getattr(args, "ray_address", None))
+        for item, result in zip(items, results):
+            if isinstance(result, Failure):
+                self.report(result.message)
+                continue
+            yield Path(item), result.image, result
 
     def write(self, text: str) -> None:
         """Print to stdout without breaking the progress bar."""

@@ -17,7 +17,8 @@ from .._constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, LITE_MODEL
 if TYPE_CHECKING:
     from ..models.registry import LoadedModel
 
-__all__ = ["add_model_options", "add_evaluation_options", "load_from_args", "parse_scales",
+__all__ = ["add_model_options", "add_evaluation_options", "add_engine_options", "engine",
+           "load_from_args", "parse_scales",
            "parse_sizes", "evaluation_kwargs", "runtime", "show_progress"]
 
 
@@ -107,6 +108,32 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
     group.add_argument("--onnx", default=None, metavar="FILE",
                        help="an ONNX file from 'fcnclassify export': its metadata gives the model, "
                             "labels, normalisation and geometry (implies --runtime onnxruntime)")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--ray-address`` (:mod:`fcnclassify.distributed`)."""
+    group = parser.add_argument_group("scaling out")
+    group.add_argument("--engine", choices=("local", "ray", "torchrun"), default=None,
+                       help="where the images are evaluated: this process (local), a Ray cluster "
+                            "(ray: the ray extra; decoding on CPU tasks, the network in an actor "
+                            "pool), or the processes of 'torchrun --nproc-per-node N -m fcnclassify "
+                            "...' (torchrun); the outputs are the local run's (default: torchrun "
+                            "under torchrun, else local)")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="with --engine ray: the cluster to join ('auto', HOST:6379, "
+                            "ray://HOST:10001) (default: start a local one)")
+
+
+def engine(args: argparse.Namespace) -> str:
+    """The engine ``add_engine_options`` asks for: ``"local"``, ``"ray"`` or ``"torchrun"``."""
+    chosen = getattr(args, "engine", None)
+    if chosen is None:
+        from ..distributed import default_engine
+
+        chosen = default_engine()
+    if getattr(args, "ray_address", None) is not None and chosen != "ray":
+        raise ValueError(f"--ray-address needs --engine ray but got --engine {chosen}")
+    return chosen
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:

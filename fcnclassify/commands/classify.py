@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_evaluation_options, add_model_options
+from ._options import add_engine_options, add_evaluation_options, add_model_options
 
 HELP = "top-k classes of whole images from dense evaluation and global pooling"
 
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     add_model_options(parser)
     add_evaluation_options(parser, topk=5)
+    add_engine_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

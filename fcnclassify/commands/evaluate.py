@@ -11,7 +11,7 @@ from pathlib import Path
 import json
 
 from .._constants import DEFAULT_MAX_PIXELS, PROTOCOLS
-from ._options import add_model_options, load_from_args, show_progress
+from ._options import add_engine_options, add_model_options, engine, load_from_args, show_progress
 
 HELP = "top-1/top-5 accuracy over a labelled folder or CSV: center, 10crop, multicrop, dense, dense+multicrop"
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true",
                        help="print one JSON document (with per-image top-5) instead of a summary")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_engine_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,9 +54,14 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(args.data, model)
     if args.limit:
         samples = samples[:args.limit]
-    result = evaluate(model, samples, protocol=args.protocol, sizes=args.sizes,
-                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                      max_pixels=args.max_pixels, progress=show_progress(args))
+    if engine(args) == "local":
+        result = evaluate(model, samples, protocol=args.protocol, sizes=args.sizes,
+                          batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                          max_pixels=args.max_pixels, progress=show_progress(args))
+    else:
+        result = _distributed(args, samples)
+        if result is None:  # a torchrun rank other than 0: rank 0 prints
+            return 0
     sizes = args.sizes or default_sizes(args.protocol, model.input_size)
     if args.json:
         doc = {"model": model.name, "weights": model.weights, "data": str(args.data),
@@ -67,6 +73,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"top-1 accuracy {100 * result.top1:6.2f} %   error {100 * result.top1_error:6.2f} %")
     print(f"top-5 accuracy {100 * result.top5:6.2f} %   error {100 * result.top5_error:6.2f} %")
     return 0
+
+
+def _distributed(args: argparse.Namespace, samples):
+    """The same evaluation on Ray or torchrun ranks; None on a torchrun rank other than 0."""
+    import functools
+
+    from ..distributed import map_ordered
+    from ..distributed.torchrun import rank
+    from ..distributed.work import EvaluateWork, accuracy
+
+    work = EvaluateWork(functools.partial(load_from_args, args), args.protocol, args.sizes,
+                        args.batch_size, args.device, args.dtype, args.max_pixels)
+    predictions = list(map_ordered(engine(args), work, samples, address=args.ray_address))
+    if engine(args) == "torchrun" and rank() != 0:
+        return None
+    return accuracy(args.protocol, predictions)
 
 
 def _positive(text: str) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import add_evaluation_options, add_model_options, load_from_args
+from ._options import add_engine_options, add_evaluation_options, add_model_options, load_from_args
 
 HELP = "write class heatmaps of images: an overlay per class, a grid, optional JSON and raw maps"
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, or folders (the images directly inside them)")
     add_model_options(parser)
     add_evaluation_options(parser, topk=3, sizes="pyramid", flip=False)
+    add_engine_options(parser)
     group = parser.add_argument_group("output")
     group.add_argument("--classes", "-c", nargs="+", default=None, metavar="NAME_OR_ID",
                        help="classes to draw, by name ('tabby', quote names with spaces) or index "

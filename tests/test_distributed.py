@@ -1,0 +1,227 @@
+"""--engine ray (a local 2-CPU cluster) and torchrun (2 CPU processes, gloo) against the plain
+single-process run: the same predictions, heatmap maps and JSON, each image once, in input order,
+also when a Ray worker dies mid-run.
+
+The model is efficientnet_lite0 (shipped offline) at one size, on 5 small synthetic images (an odd
+count: torchrun's ranks take 3 and 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fcnclassify import cli
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("efficientnet_lite_pytorch")
+
+FAST = ["-m", "efficientnet_lite0", "--sizes", "224", "--no-flip", "--json", "-q"]
+ATOL = 2e-6  # the scores are rounded to 6 decimals; a worker may use another thread count
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    import cv2
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(13)
+    for i in range(5):
+        h, w = 224 + 9 * i, 260 - 7 * i
+        yy, xx = np.mgrid[0:h, 0:w]
+        image = np.stack([(xx * (i + 1)) % 256, (yy * 3) % 256, rng.integers(0, 256, (h, w))], -1)
+        cv2.imwrite(str(folder / f"img{i}.png"), image.astype(np.uint8))
+    return folder
+
+
+def run(capsys, *args):
+    code = cli.main([*map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_same_documents(got: dict, want: dict) -> None:
+    assert [d["image"] for d in got["images"]] == [d["image"] for d in want["images"]]
+    for g, w in zip(got["images"], want["images"]):
+        assert (g["width"], g["height"], g["maps"]) == (w["width"], w["height"], w["maps"])
+        assert [c["id"] for c in g["classes"]] == [c["id"] for c in w["classes"]], g["image"]
+        np.testing.assert_allclose([c["score"] for c in g["classes"]],
+                                   [c["score"] for c in w["classes"]], atol=ATOL, rtol=0)
+    assert {k: v for k, v in got.items() if k != "images"} == \
+        {k: v for k, v in want.items() if k != "images"}
+
+
+@pytest.fixture(scope="module")
+def plain(images):
+    """The single-process classify document (stdout captured by hand: module scope)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["classify", str(images), *FAST]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_ray_classify_is_the_plain_run(cluster, images, plain, capsys):
+    code, out, _ = run(capsys, "classify", images, *FAST, "--engine", "ray")
+    assert code == 0
+    assert_same_documents(json.loads(out), plain)
+
+
+def test_ray_heatmap_writes_the_plain_runs_files_and_maps(cluster, images, tmp_path, capsys):
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        code, stdout, _ = run(capsys, "heatmap", images, *FAST, "--save-npz", "--out", out,
+                              "--engine", engine)
+        assert code == 0
+        outputs[engine] = out, json.loads(stdout)
+    (local, want), (remote, got) = outputs["local"], outputs["ray"]
+    assert sorted(p.name for p in remote.iterdir()) == sorted(p.name for p in local.iterdir())
+    for npz in sorted(local.glob("*_maps.npz")):
+        a, b = np.load(npz), np.load(remote / npz.name)
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            if a[key].dtype.kind in "fc":
+                np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=1e-5, err_msg=key)
+            else:
+                np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    for document in (want, got):  # the output paths name their folder
+        for d in document["images"]:
+            d.pop("grid"), d.pop("viewer", None)
+            for c in d["classes"]:
+                c.pop("overlay", None), c.pop("peak")
+    assert_same_documents(got, want)
+
+
+def test_ray_evaluate_of_a_csv_is_the_plain_evaluation(cluster, images, tmp_path, capsys):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("".join(f"{p},{i * 100}\n" for i, p in enumerate(sorted(images.glob("*.png")))))
+    args = ["evaluate", csv, "-m", "efficientnet_lite0", "--sizes", "224", "--json", "-q"]
+    code, want, _ = run(capsys, *args)
+    assert code == 0
+    code, got, _ = run(capsys, *args, "--engine", "ray")
+    assert code == 0
+    assert json.loads(got) == json.loads(want)
+
+
+class _DiesOnce:
+    """A network actor that kills its process the first time it meets ``victim`` (a marker file
+    makes it once across the restart)."""
+
+    def __init__(self, work, victim: str, marker: str) -> None:
+        from fcnclassify.distributed.ray import Worker
+
+        self.inner, self.victim, self.marker = Worker(work), victim, marker
+
+    def __call__(self, batch):
+        import pickle
+
+        for item in batch["item"]:
+            if pickle.loads(item) == self.victim and not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                os._exit(1)
+        return self.inner(batch)
+
+
+def test_a_worker_killed_mid_run_loses_no_image_and_duplicates_none(cluster, images, plain, tmp_path):
+    from ray import cloudpickle
+
+    from fcnclassify.distributed.ray import map_ordered
+    from fcnclassify.distributed.work import PredictWork
+    from fcnclassify.models.registry import load_model
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    paths = [str(p) for p in sorted(images.glob("*.png"))]
+    marker = tmp_path / "died"
+    worker = functools.partial(_DiesOnce, victim=paths[2], marker=str(marker))
+    worker.__name__ = "DiesOnce"  # Ray Data names the operator after it
+    work = PredictWork(functools.partial(load_model, "efficientnet_lite0"),
+                       {"sizes": (224,), "flip": False})
+    seen = []
+    results = map_ordered(work, paths, workers=2, worker=_actor_class(worker))
+    for path, prediction in zip(paths, results):
+        seen.append(prediction.path)
+        want = next(d for d in plain["images"] if d["image"] == path)
+        top = prediction.topk(5)
+        assert [i for i, _, _ in top] == [c["id"] for c in want["classes"]]
+        np.testing.assert_allclose([s for _, _, s in top], [c["score"] for c in want["classes"]],
+                                   atol=ATOL, rtol=0)
+    assert marker.exists(), "the worker never died: the test tested nothing"
+    assert seen == paths
+
+
+def _actor_class(factory):
+    class DiesOnce:
+        def __init__(self, work):
+            self.inner = factory(work)
+
+        def __call__(self, batch):
+            return self.inner(batch)
+    return DiesOnce
+
+
+def test_torchrun_two_cpu_processes_print_the_plain_runs_document(images, plain):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fcnclassify", "classify", str(images), *FAST],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_documents(json.loads(done.stdout), plain)  # one document: only rank 0 printed
+
+
+def test_torchrun_gives_each_rank_its_share_and_rank_0_the_list_in_order(monkeypatch):
+    from fcnclassify.distributed import torchrun
+
+    class Work:  # records which rank did what
+        def setup(self):
+            return None
+
+        def decode(self, item):
+            return item
+
+        def run(self, state, item, decoded):
+            return (int(os.environ["RANK"]), item)
+
+    gathered = {}
+
+    class Dist:  # the collective, by hand: each rank's round results, rank 0 reads them all
+        @staticmethod
+        def gather_object(obj, out, dst):
+            gathered.setdefault(len(gathered_round), []).append(obj)
+
+    gathered_round = []
+    items = list(range(7))
+    # run each rank without a process group: rank r's items must be r::3
+    for r in range(3):
+        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        monkeypatch.setattr(torchrun, "_join", lambda r=r: (r, 3, False))
+        done = []
+        import torch.distributed as dist
+
+        monkeypatch.setattr(dist, "gather_object",
+                            lambda obj, out, dst: done.append(obj) or
+                            (out is not None and out.__setitem__(slice(None), [obj] * len(out))))
+        list(torchrun.map_ordered(Work(), items))
+        assert [item for _, item in (d for d in done if d is not None)] == items[r::3]
+        assert all(rank == r for rank, _ in (d for d in done if d is not None))
