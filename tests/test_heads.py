@@ -183,3 +183,41 @@ def test_timm_vit_is_refused():
         model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     with pytest.raises(ValueError, match="VisionTransformer cannot be converted: attention over all"):
         convert(model)
+
+
+# ---- the per-cell head in the rest of the package
+
+
+def test_convnext_activation_cells_run_the_head_per_feature_cell():
+    """cells="activation" on a pooled_head: the original head on every single feature cell."""
+    model = _tv("convnext_tiny", 64)
+    fcn = convert(model, input_size=64, cells="activation")
+    assert fcn.kind == "pooled_head" and fcn.cells == "activation"
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        features = model.features(x)
+        out = fcn(x)[0]
+        assert out.shape[-2:] == features.shape[-2:] == (3, 4)
+        for i, j in [(0, 0), (1, 2), (2, 3)]:
+            want = model.classifier(model.avgpool(features[..., i:i + 1, j:j + 1]))[0]
+            torch.testing.assert_close(out[:, i, j], want, **TOL)
+
+
+def test_pooled_head_in_tiles_under_a_memory_budget_equals_untiled():
+    """The per-cell head traces for the memory estimate and tiles exactly (ConvNeXt, float32)."""
+    from fcnclassify.evaluation.dense import dense_evaluate
+    from fcnclassify.evaluation.memory import activation_memory
+    from fcnclassify.evaluation.tiling import tiled_forward
+
+    model = seeded(torchvision.models.get_model, name="convnext_tiny", weights=None, input_size=64)
+    fcn = convert(model, input_size=64)
+    x = torch.randn(1, 3, 256, 320, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = fcn(x)[0]
+    whole = dense_evaluate(fcn, x)[0][0].logits
+    assert fcn.num_classes == 1000 and whole.shape == want.shape == (1000, 7, 9)
+    torch.testing.assert_close(whole, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # 2x3-cell tiles, the head run per tile
+        tiled = tiled_forward(fcn, x, tile=(2, 3))[0]
+    torch.testing.assert_close(tiled, want, rtol=1e-4, atol=1e-4)
+    assert activation_memory(fcn, (256, 320)) > 0  # the shape-only replay traces the head
