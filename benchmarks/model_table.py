@@ -152,8 +152,8 @@ def markdown(table: dict) -> str:
         "",
         "Columns: **canonical** - max abs difference, converted (one cell) vs original logits, on a "
         "random image of the canonical size (the crop of the default weights); **windows** - on an "
-        "image two strides larger each way (a 3x3 map), three cells (two corners, the centre) vs the original model's own head "
-        "on the features of each cell's window; **crop** - the centre cell vs the original on the "
+        "image two strides larger each way (a 3x3 map), three cells (two corners, the centre) vs "
+        "the original model's own head on the features of each cell's window; **crop** - the centre cell vs the original on the "
         "crop of its window, for information only (padding inside the network: the crop sees zeros "
         "where the dense pass sees the image). Window, stride and offset in input pixels.",
         "",
