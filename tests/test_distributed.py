@@ -189,10 +189,13 @@ def test_torchrun_two_cpu_processes_print_the_plain_runs_document(images, plain)
     assert_same_documents(json.loads(done.stdout), plain)  # one document: only rank 0 printed
 
 
-def test_torchrun_gives_each_rank_its_share_and_rank_0_the_list_in_order(monkeypatch):
+def test_torchrun_gives_rank_r_the_items_r_mod_world_and_rank_0_all_in_order(monkeypatch):
+    """Ranks run one after the other with a hand-made gather: rank r must do items r::3 of 7."""
+    import torch.distributed as dist
+
     from fcnclassify.distributed import torchrun
 
-    class Work:  # records which rank did what
+    class Work:
         def setup(self):
             return None
 
@@ -200,28 +203,35 @@ def test_torchrun_gives_each_rank_its_share_and_rank_0_the_list_in_order(monkeyp
             return item
 
         def run(self, state, item, decoded):
-            return (int(os.environ["RANK"]), item)
+            return int(os.environ["RANK"]), item
 
-    gathered = {}
-
-    class Dist:  # the collective, by hand: each rank's round results, rank 0 reads them all
-        @staticmethod
-        def gather_object(obj, out, dst):
-            gathered.setdefault(len(gathered_round), []).append(obj)
-
-    gathered_round = []
-    items = list(range(7))
-    # run each rank without a process group: rank r's items must be r::3
     for r in range(3):
         monkeypatch.setenv("RANK", str(r))
         monkeypatch.setenv("WORLD_SIZE", "3")
         monkeypatch.setattr(torchrun, "_join", lambda r=r: (r, 3, False))
-        done = []
-        import torch.distributed as dist
+        sent = []
 
-        monkeypatch.setattr(dist, "gather_object",
-                            lambda obj, out, dst: done.append(obj) or
-                            (out is not None and out.__setitem__(slice(None), [obj] * len(out))))
-        list(torchrun.map_ordered(Work(), items))
-        assert [item for _, item in (d for d in done if d is not None)] == items[r::3]
-        assert all(rank == r for rank, _ in (d for d in done if d is not None))
+        def gather(obj, out, dst, sent=sent):  # rank 0 receives its own result 3 times
+            sent.append(obj)
+            if out is not None:
+                out[:] = [obj] * len(out)
+
+        monkeypatch.setattr(dist, "gather_object", gather)
+        received = list(torchrun.map_ordered(Work(), list(range(7))))
+        assert [item for _, item in filter(None, sent)] == list(range(7))[r::3]
+        assert {rank for rank, _ in filter(None, sent)} == {r}
+        assert len(sent) == 3  # one gather per round: ceil(7 / 3), the short round sends None
+        assert len(received) == (7 if r == 0 else 0)
+
+
+def test_missing_ray_extra_is_one_line_and_exit_2(images, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as without the extra
+    code, out, err = run(capsys, "classify", images, *FAST, "--engine", "ray")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "fcnclassify[ray]" in lines[0], err
+
+
+def test_ray_address_without_engine_ray_is_refused(images, capsys):
+    code, _, err = run(capsys, "classify", images, *FAST, "--ray-address", "auto")
+    assert code == 2 and "--ray-address needs --engine ray" in err
