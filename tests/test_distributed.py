@@ -235,3 +235,25 @@ def test_missing_ray_extra_is_one_line_and_exit_2(images, capsys, monkeypatch):
 def test_ray_address_without_engine_ray_is_refused(images, capsys):
     code, _, err = run(capsys, "classify", images, *FAST, "--ray-address", "auto")
     assert code == 2 and "--ray-address needs --engine ray" in err
+
+
+def test_torchrun_heatmap_writes_the_plain_runs_files_once(images, tmp_path, capsys):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    local, ranks = tmp_path / "local", tmp_path / "torchrun"
+    args = ["heatmap", str(images), *FAST, "--save-npz"]
+    code, want, _ = run(capsys, *args, "--out", local)
+    assert code == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fcnclassify", *args, "--out", str(ranks)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in ranks.iterdir()) == sorted(p.name for p in local.iterdir())
+    manifest = json.loads((ranks / "fcnclassify-manifest.json").read_text())
+    assert manifest.keys() == json.loads((local / "fcnclassify-manifest.json").read_text()).keys()
+    for npz in sorted(local.glob("*_maps.npz")):
+        a, b = np.load(npz), np.load(ranks / npz.name)
+        for key in a.files:
+            if a[key].dtype.kind in "fc":
+                np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    assert len(json.loads(done.stdout)["images"]) == len(json.loads(want)["images"]) == 5

@@ -90,7 +90,8 @@ class ImageLoop:
 
         work = PredictWork(functools.partial(load_from_args, args), options, args.max_pixels)
         items = [str(path) for path in self.paths]
-        results = map_ordered(engine(args), work, items, address=getattr(args, "ray_address", None))
+        results = map_ordered(engine(args), work, items, address=getattr(args, "ray_address", None),
+                              device=options["device"])
         for item, result in zip(items, results):
             if isinstance(result, Failure):
                 self.report(result.message)

@@ -85,7 +85,8 @@ def _distributed(args: argparse.Namespace, samples):
 
     work = EvaluateWork(functools.partial(load_from_args, args), args.protocol, args.sizes,
                         args.batch_size, args.device, args.dtype, args.max_pixels)
-    predictions = list(map_ordered(engine(args), work, samples, address=args.ray_address))
+    predictions = list(map_ordered(engine(args), work, samples, address=args.ray_address,
+                                   device=args.device))
     if engine(args) == "torchrun" and rank() != 0:
         return None
     return accuracy(args.protocol, predictions)

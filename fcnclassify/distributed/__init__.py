@@ -25,13 +25,14 @@ def default_engine() -> str:
     return "torchrun" if environment() is not None else "local"
 
 
-def map_ordered(engine: str, work, items, *, address: str | None = None):
+def map_ordered(engine: str, work, items, *, address: str | None = None, device: str = "auto"):
     """``work`` over ``items`` on ``engine`` (``"ray"`` or ``"torchrun"``), results in input order
-    (on torchrun only rank 0 receives them; the others get none)."""
+    (on torchrun only rank 0 receives them; the others get none). On Ray each actor gets a GPU
+    when the cluster has them, unless ``device`` is ``"cpu"``."""
     if engine == "ray":
         from .ray import map_ordered as on_ray
 
-        return on_ray(work, list(items), address=address)
+        return on_ray(work, list(items), address=address, num_gpus=0.0 if device == "cpu" else None)
     if engine == "torchrun":
         from .torchrun import map_ordered as on_ranks
 

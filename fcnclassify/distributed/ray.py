@@ -68,7 +68,7 @@ def _decode(batch: dict, *, work) -> dict:
     return {"index": batch["index"], "item": batch["item"], "decoded": decoded}
 
 
-def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: float = 0.0,
+def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: float | None = None,
                 address: str | None = None, worker: type[Worker] = Worker,
                 progress: bool = False) -> Iterator[Any]:
     """``work.run(state, item, work.decode(item))`` for every item on Ray, yielded in input order.
@@ -77,7 +77,7 @@ def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: 
         work: A picklable work object (:mod:`fcnclassify.distributed.work`).
         items: Picklable items (paths, samples).
         workers: Network actors (default: the cluster's CPUs, or its GPUs with ``num_gpus``).
-        num_gpus: GPUs per actor (e.g. 1; 0 runs on CPU).
+        num_gpus: GPUs per actor (0 runs on CPU; default: 1 when the cluster has GPUs, else 0).
         address: The cluster (:func:`init`); None starts a local one unless Ray is initialised.
         worker: The actor class (a subclass may wrap ``run``).
         progress: Ray Data's progress bars.
@@ -86,6 +86,8 @@ def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: 
     if not items:
         return
     resources = ray.cluster_resources()
+    if num_gpus is None:
+        num_gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     if workers is None:
         workers = int(resources.get("GPU", 0) // num_gpus) if num_gpus else int(resources.get("CPU", 1))
     workers = max(1, min(workers, len(items)))
@@ -115,8 +117,8 @@ def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: 
 
 
 def predict_paths(paths: Sequence[str | os.PathLike], *, load, max_pixels: int | None = None,
-                  workers: int | None = None, num_gpus: float = 0.0, address: str | None = None,
-                  **options) -> Iterator[tuple[str, Any]]:
+                  workers: int | None = None, num_gpus: float | None = None,
+                  address: str | None = None, **options) -> Iterator[tuple[str, Any]]:
     """``(path, Prediction or Failure)`` of each image on Ray, in input order.
 
     Args:
@@ -137,7 +139,7 @@ def predict_paths(paths: Sequence[str | os.PathLike], *, load, max_pixels: int |
 
 
 def evaluate_samples(samples, *, load, protocol: str = "dense", workers: int | None = None,
-                     num_gpus: float = 0.0, address: str | None = None, **options):
+                     num_gpus: float | None = None, address: str | None = None, **options):
     """:func:`~fcnclassify.evaluation.protocols.evaluate` of ``samples`` on Ray: the same
     :class:`~fcnclassify.evaluation.protocols.EvaluationResult`."""
     from .work import EvaluateWork, accuracy
