@@ -14,6 +14,7 @@ line naming the install command.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None):
     or starts a local one; nothing when Ray is already initialised in this process."""
     ray = import_ray()
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.WARNING}
         if address is None:
             kwargs["num_cpus"] = num_cpus
         ray.init(address=address, **kwargs)
@@ -93,6 +95,8 @@ def map_ordered(work, items: Sequence, *, workers: int | None = None, num_gpus: 
     workers = max(1, min(workers, len(items)))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    # Ray Data's INFO lines (plans, "finished in"), and its note that bars are off, are not ours
+    logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.ERROR)
     context.execution_options.preserve_order = True
     rows = [{"index": i, "item": pickle.dumps(item)} for i, item in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
