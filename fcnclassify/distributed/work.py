@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..evaluation.protocols import Sample
     from ..models.loaded import LoadedModel
 
-__all__ = ["Failure", "PredictWork", "EvaluateWork"]
+__all__ = ["Failure", "PredictWork", "EvaluateWork", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,24 @@ class EvaluateWork:
     def run(self, model: LoadedModel, item: Sample, decoded: Any) -> Any:
         from ..evaluation.protocols import evaluate
 
-        result = evaluate(model, [item], protocol=self.protocol, sizes=self.sizes,
-                          batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-                          max_pixels=self.max_pixels)
+        try:
+            result = evaluate(model, [item], protocol=self.protocol, sizes=self.sizes,
+                              batch_size=self.batch_size, device=self.device, dtype=self.dtype,
+                              max_pixels=self.max_pixels)
+        except ValueError as e:  # an unreadable image: the driver raises it, as evaluate() would
+            return Failure(str(e))
         return result.predictions[0]
 
 
 def accuracy(protocol: str, predictions: list[tuple[str, int, list[int]]]):
     """The :class:`~fcnclassify.evaluation.protocols.EvaluationResult` of per-sample predictions,
-    counted as :func:`~fcnclassify.evaluation.protocols.evaluate` counts them."""
+    counted as :func:`~fcnclassify.evaluation.protocols.evaluate` counts them; the first
+    :class:`Failure` raised as ValueError, as the single-process evaluation raises it."""
     from ..evaluation.protocols import EvaluationResult
 
+    failed = [p for p in predictions if isinstance(p, Failure)]
+    if failed:
+        raise ValueError(failed[0].message)
     n = len(predictions)
     if not n:
         raise ValueError("expected at least one labelled image but got none")
