@@ -259,19 +259,19 @@ def test_torchrun_heatmap_writes_the_plain_runs_files_once(images, tmp_path, cap
     assert len(json.loads(done.stdout)["images"]) == len(json.loads(want)["images"]) == 5
 
 
-def test_evaluate_with_an_unreadable_image_is_one_line_and_exit_2_on_torchrun(images, tmp_path):
+def test_evaluate_with_an_unreadable_image_is_one_line_and_exit_2_on_torchrun(images, tmp_path,
+                                                                                capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     csv = tmp_path / "labels.csv"
     csv.write_text(f"{sorted(images.glob('*.png'))[0]},1\n{bad},2\n")
     args = ["evaluate", str(csv), "-m", "efficientnet_lite0", "--sizes", "224", "-q"]
-    plain = subprocess.run([sys.executable, "-m", "fcnclassify", *args], capture_output=True,
-                           text=True, timeout=300)
+    code, _, plain_err = run(capsys, *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "fcnclassify", *args], capture_output=True, text=True, env=env, timeout=300)
-    assert plain.returncode == 2 and "broken.png" in plain.stderr
-    wanted = [line for line in plain.stderr.splitlines() if "broken.png" in line]
+    assert code == 2 and "broken.png" in plain_err
+    wanted = [line for line in plain_err.splitlines() if "broken.png" in line]
     assert len(wanted) == 1
     assert done.returncode != 0 and wanted[0] in done.stderr, done.stderr[-2000:]
