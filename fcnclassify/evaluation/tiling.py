@@ -180,7 +180,7 @@ def _axis_options(geometry: Geometry, n: int) -> list[_AxisOption]:
 
 def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, batch: int = 1,
                 dtype: torch.dtype | None = None, fixed: int = 0, budget: int | None = None,
-                staging: bool = False) -> tuple[int, int]:
+                staging: bool = False, extra_per_pixel: int = 0) -> tuple[int, int]:
     """The tile, in output cells ``(rows, cols)``, of the least overlap work whose crops fit.
 
     Work is the number of input pixels that the crops hold together (the network's cost grows with
@@ -197,6 +197,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
         fixed, budget: For messages only: bytes held besides the tile, and the whole budget that
             ``max_memory`` is what is left of (default ``max_memory``), in the user's units.
         staging: Count one float32 copy of the crop besides the network's input (a transform's).
+        extra_per_pixel: Bytes per crop pixel held besides (a reader's copies of the crop).
 
     Raises:
         ValueError: Not even one cell fits: names the smallest budget that works.
@@ -208,7 +209,7 @@ def choose_tile(fcn: FullyConvNet, size: tuple[int, int], max_memory: int, *, ba
     rows, cols = _axis_options(g, size[0]), _axis_options(g, size[1])
 
     def need(h: int, w: int) -> int:
-        extra = batch * 3 * h * w * 4 if staging else 0
+        extra = batch * h * w * ((3 * 4 if staging else 0) + extra_per_pixel)
         return activation_memory(fcn, (h, w), batch=batch, dtype=dtype) + extra
 
     budget = max_memory if budget is None else budget
