@@ -1,17 +1,21 @@
 """Slide outputs against references: the score store against the in-memory logits (float16-rounded,
-numpy softmax and nanmean) and a fresh process's ``zarr.open``."""
+numpy softmax and nanmean) and a fresh process's ``zarr.open``; the OME-TIFF pyramid read back with
+tifffile against the array and numpy block means, its OME-XML parsed with ElementTree."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
 pytest.importorskip("zarr")
+tifffile = pytest.importorskip("tifffile")
 
+from fcnclassify.outputs.ometiff import write_pyramid  # noqa: E402
 from fcnclassify.outputs.scorestore import ScoreStore  # noqa: E402
 
 ATTRS = {"model": {"name": "vgg16", "scale": 1.0}, "stride": 32, "image": [1000, 1300],
@@ -125,3 +129,83 @@ def test_store_attrs_from_a_fresh_process(tmp_path, logits):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     seen = json.loads(out.stdout)
     assert seen == {"attrs": {**ATTRS, "fcnclassify": {"version": 1}}, "shape": [5, 23, 30]}
+
+
+def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
+    """Means of f x f blocks over the pixels present (edge blocks smaller), float64, by padding."""
+    h, w = image.shape[:2]
+    H, W = -(-h // f) * f, -(-w // f) * f
+    pad = ((0, H - h), (0, W - w)) + ((0, 0),) * (image.ndim - 2)
+    sums = np.pad(image.astype(np.float64), pad).reshape(H // f, f, W // f, f, *image.shape[2:]).sum((1, 3))
+    counts = np.pad(np.ones((h, w)), pad[:2]).reshape(H // f, f, W // f, f).sum((1, 3))
+    return sums / counts.reshape(counts.shape + (1,) * (image.ndim - 2))
+
+
+def _ome(tif) -> ET.Element:
+    return ET.fromstring(tif.ome_metadata).find(".//{*}Pixels")
+
+
+def _recording(image, calls):
+    def read(y0, y1, x0, x1):
+        calls.append((y0, y1, x0, x1))
+        return image[y0:y1, x0:x1]
+    return read
+
+
+def test_pyramid_rgb(tmp_path):
+    image = np.random.default_rng(2).integers(0, 256, (3000, 2000, 3), dtype=np.uint8)
+    image[:1000] //= 4  # some structure, so that means are not all near 127
+    calls = []
+    sizes = write_pyramid(tmp_path / "rgb.ome.tif", 3000, 2000, 3, _recording(image, calls), mpp=0.25)
+    expected = [(3000, 2000), (1500, 1000), (750, 500), (375, 250), (188, 125)]  # longer side to <= 256
+    assert sizes == expected
+    assert max(y1 - y0 for y0, y1, _, _ in calls) <= 512
+    with tifffile.TiffFile(tmp_path / "rgb.ome.tif") as tif:
+        assert tif.is_ome and tif.is_bigtiff and len(tif.series) == 1
+        series = tif.series[0]
+        assert series.axes == "YXS" and [level.shape for level in series.levels] == [(*s, 3) for s in expected]
+        assert tif.pages[0].photometric == 2 and tif.pages[0].is_tiled  # RGB, tiled
+        np.testing.assert_array_equal(series.levels[0].asarray(), image)
+        for k in (1, 4):  # 2 x 2 means; 16 x 16 with partial blocks at the edges
+            np.testing.assert_allclose(series.levels[k].asarray(), _block_mean(image, 2 ** k), atol=1)
+        pixels = _ome(tif)
+        assert float(pixels.get("PhysicalSizeX")) == 0.25 and float(pixels.get("PhysicalSizeY")) == 0.25
+        assert pixels.get("PhysicalSizeXUnit") == "µm"
+
+
+def test_pyramid_named_channels(tmp_path):
+    heat = np.random.default_rng(3).integers(0, 256, (701, 333, 2), dtype=np.uint8)
+    calls = []
+    sizes = write_pyramid(tmp_path / "heat.ome.tif", 701, 333, 2, _recording(heat, calls), tile=128,
+                          channel_names=["tumour", "stroma"], mpp=8.0, min_side=100)
+    assert sizes == [(701, 333), (351, 167), (176, 84), (88, 42)]
+    assert max(y1 - y0 for y0, y1, _, _ in calls) <= 128
+    with tifffile.TiffFile(tmp_path / "heat.ome.tif") as tif:
+        series = tif.series[0]
+        assert series.axes == "CYX" and [level.shape[1:] for level in series.levels] == sizes
+        np.testing.assert_array_equal(series.levels[0].asarray(), heat.transpose(2, 0, 1))
+        np.testing.assert_allclose(series.levels[1].asarray(), _block_mean(heat, 2).transpose(2, 0, 1), atol=1)
+        np.testing.assert_allclose(series.levels[3].asarray(), _block_mean(heat, 8).transpose(2, 0, 1), atol=1)
+        names = [c.get("Name") for c in _ome(tif).findall("{*}Channel")]
+        assert names == ["tumour", "stroma"] and float(_ome(tif).get("PhysicalSizeX")) == 8.0
+
+
+def test_pyramid_atomic_and_refusals(tmp_path):
+    image = np.zeros((600, 500, 3), np.uint8)
+
+    def failing(y0, y1, x0, x1):
+        if y0 >= 256:
+            raise RuntimeError("slide unreadable")
+        return image[y0:y1, x0:x1]
+
+    with pytest.raises(RuntimeError, match="unreadable"):
+        write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, failing, tile=256)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"a\.ome\.tif: expected read\(0, 256, 0, 500\) to return uint8") as info:
+        write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, lambda *a: image[:10], tile=256)
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+    write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, _recording(image, []), tile=256)
+    with pytest.raises(FileExistsError):
+        write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, _recording(image, []), tile=256)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        write_pyramid(tmp_path / "b.ome.tif", 600, 500, 3, _recording(image, []), tile=100)
