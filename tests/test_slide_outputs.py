@@ -1,6 +1,7 @@
 """Slide outputs against references: the score store against the in-memory logits (float16-rounded,
 numpy softmax and nanmean) and a fresh process's ``zarr.open``; the OME-TIFF pyramid read back with
-tifffile against the array and numpy block means, its OME-XML parsed with ElementTree."""
+tifffile against the array and numpy block means, its OME-XML parsed with ElementTree; GeoJSON
+regions rasterised back with cv2.fillPoly against the thresholded mask."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import cv2
 import numpy as np
 import pytest
 
 pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
+from fcnclassify.outputs.geojson import regions, write_geojson  # noqa: E402
 from fcnclassify.outputs.ometiff import write_pyramid  # noqa: E402
 from fcnclassify.outputs.scorestore import ScoreStore  # noqa: E402
 
@@ -163,7 +166,8 @@ def test_pyramid_rgb(tmp_path):
     with tifffile.TiffFile(tmp_path / "rgb.ome.tif") as tif:
         assert tif.is_ome and tif.is_bigtiff and len(tif.series) == 1
         series = tif.series[0]
-        assert series.axes == "YXS" and [level.shape for level in series.levels] == [(*s, 3) for s in expected]
+        assert series.axes == "YXS"
+        assert [level.shape for level in series.levels] == [(*s, 3) for s in expected]
         assert tif.pages[0].photometric == 2 and tif.pages[0].is_tiled  # RGB, tiled
         np.testing.assert_array_equal(series.levels[0].asarray(), image)
         for k in (1, 4):  # 2 x 2 means; 16 x 16 with partial blocks at the edges
@@ -184,8 +188,9 @@ def test_pyramid_named_channels(tmp_path):
         series = tif.series[0]
         assert series.axes == "CYX" and [level.shape[1:] for level in series.levels] == sizes
         np.testing.assert_array_equal(series.levels[0].asarray(), heat.transpose(2, 0, 1))
-        np.testing.assert_allclose(series.levels[1].asarray(), _block_mean(heat, 2).transpose(2, 0, 1), atol=1)
-        np.testing.assert_allclose(series.levels[3].asarray(), _block_mean(heat, 8).transpose(2, 0, 1), atol=1)
+        for k in (1, 3):
+            reference = _block_mean(heat, 2 ** k).transpose(2, 0, 1)
+            np.testing.assert_allclose(series.levels[k].asarray(), reference, atol=1)
         names = [c.get("Name") for c in _ome(tif).findall("{*}Channel")]
         assert names == ["tumour", "stroma"] and float(_ome(tif).get("PhysicalSizeX")) == 8.0
 
@@ -201,7 +206,8 @@ def test_pyramid_atomic_and_refusals(tmp_path):
     with pytest.raises(RuntimeError, match="unreadable"):
         write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, failing, tile=256)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match=r"a\.ome\.tif: expected read\(0, 256, 0, 500\) to return uint8") as info:
+    message = r"a\.ome\.tif: expected read\(0, 256, 0, 500\) to return uint8"
+    with pytest.raises(ValueError, match=message) as info:
         write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, lambda *a: image[:10], tile=256)
     assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
     write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, _recording(image, []), tile=256)
@@ -209,3 +215,84 @@ def test_pyramid_atomic_and_refusals(tmp_path):
         write_pyramid(tmp_path / "a.ome.tif", 600, 500, 3, _recording(image, []), tile=256)
     with pytest.raises(ValueError, match="multiple of 16"):
         write_pyramid(tmp_path / "b.ome.tif", 600, 500, 3, _recording(image, []), tile=100)
+
+
+def _rasterise(features, shape, to_image) -> np.ndarray:
+    """The polygons back in the mask's grid (to_image inverted), at 4x so that a cell is in when its
+    centre is: fillPoly of exteriors, then holes with 0, sampled at the cells' centres."""
+    sx, sy, ox, oy = to_image
+    grid = np.zeros((shape[0] * 4, shape[1] * 4), np.uint8)
+    for feature in features:
+        rings = feature["geometry"]["coordinates"]
+        for k, ring in enumerate(rings):
+            corners = (np.asarray(ring) - (ox, oy)) / (sx, sy)
+            np.testing.assert_allclose(corners, np.round(corners), atol=1e-9)  # on cell corners
+            cv2.fillPoly(grid, [np.round(corners * 4).astype(np.int32)], 0 if k else 1)
+    return grid[2::4, 2::4]
+
+
+def _iou(a, b) -> float:
+    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
+
+
+def _heat() -> np.ndarray:
+    """A ring (blob with a hole), a disk touching the border, a single cell, on a smooth background."""
+    yy, xx = np.mgrid[0:60, 0:80]
+    heat = 0.2 + 0.1 * np.sin(xx / 7.0)
+    r = np.hypot(yy - 25, xx - 25)
+    heat[(r < 15) & (r >= 6)] = 0.9
+    heat[np.hypot(yy - 45, xx - 79) < 12] = 0.7
+    heat[5, 60] = 0.6
+    return heat
+
+
+def test_regions_round_trip(tmp_path):
+    heat = _heat()
+    mask = heat >= 0.5
+    to_image = (32.0, 32.0, 16.0, 16.0)
+    features = regions(heat, threshold=0.5, to_image=to_image)
+    assert len(features) == 3
+    assert [len(f["geometry"]["coordinates"]) for f in features] == [2, 1, 1]  # the ring's hole
+    assert _iou(_rasterise(features, heat.shape, to_image), mask) >= 0.98
+    np.testing.assert_array_equal(_rasterise(features, heat.shape, to_image), mask)  # edges: exact
+    ring = features[0]
+    assert ring["properties"]["max"] == pytest.approx(0.9)
+    assert ring["properties"]["mean"] == pytest.approx(0.9)
+    sizes = sorted(f["properties"]["area"] for f in features)
+    assert sizes[0] == 32 * 32  # one cell is one 32 x 32 square of the image
+    assert sum(sizes) == pytest.approx(mask.sum() * 32 * 32)
+    cell = next(f for f in features if f["properties"]["area"] == 32 * 32)["geometry"]["coordinates"][0]
+    # cell (row 5, col 60): corners x 60..61, y 5..6 -> x * 32 + 16, y * 32 + 16
+    assert sorted(map(tuple, cell[:-1])) == [(1936, 176), (1936, 208), (1968, 176), (1968, 208)]
+    border = features[1]["geometry"]["coordinates"][0]
+    assert max(x for x, _ in border) == 80 * 32 + 16  # the map's right edge
+    for feature in features:
+        for k, ring_ in enumerate(feature["geometry"]["coordinates"]):
+            assert ring_[0] == ring_[-1] and len(ring_) >= 5
+            xy = np.asarray(ring_)
+            area = 0.5 * np.sum(xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1])
+            assert (area > 0) == (k == 0)  # exterior counter-clockwise, holes clockwise (y up)
+    assert len(regions(heat, threshold=0.5, to_image=to_image, min_area=2 * 32 * 32)) == 2
+
+
+def test_write_geojson(tmp_path):
+    heat = _heat()
+    path = tmp_path / "regions.geojson"
+    count = write_geojson(path, [("tumour", heat), ("empty", np.full((60, 80), np.nan))], threshold=0.5,
+                          to_image=(2.0, 2.0, 0.0, 0.0), colors=[(255, 0, 0), (0, 0, 255)],
+                          properties={"model": "vgg16"})
+    assert count == 3
+    with open(path) as f:
+        document = json.load(f)
+    assert document["type"] == "FeatureCollection" and len(document["features"]) == 3
+    feature = document["features"][0]
+    assert feature["properties"]["objectType"] == "annotation" and feature["properties"]["model"] == "vgg16"
+    assert feature["properties"]["classification"] == {"name": "tumour", "color": [255, 0, 0]}
+    assert feature["properties"]["probability"] == pytest.approx(0.9)
+    assert _iou(_rasterise(document["features"], heat.shape, (2.0, 2.0, 0.0, 0.0)), heat >= 0.5) >= 0.98
+    with pytest.raises(FileExistsError):
+        write_geojson(path, [("tumour", heat)])
+    empty = tmp_path / "empty.geojson"
+    assert write_geojson(empty, [("tumour", np.zeros((5, 5)))]) == 0
+    assert json.loads(empty.read_text()) == {"type": "FeatureCollection", "features": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.geojson", "regions.geojson"]
