@@ -38,6 +38,7 @@ _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, b
 _EXTRA = "reading slides needs the {0} extra: pip install 'fcnclassify[{0}]'"
 _MICRONS = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _STRIP_BYTES = 64 << 20  # level bytes a thumbnail reads at a time
+_BAND_PIXELS = 1 << 16  # output pixels read_scaled resamples at a time
 _MIN_SATURATION = 0.05 * 255  # a blank slide's saturation stays below it, whatever Otsu says
 _DARK = 64  # grey below it is foreground too (dark, unsaturated: pigment, ink, dense tissue)
 
@@ -133,9 +134,16 @@ class Slide:
             return self.read(y0, y1, x0, x1, level=level)
         (b0, b1), (c0, c1) = rows.blocks(y0, y1), cols.blocks(x0, x1)
         crop = self.read(*rows.span(b0, b1), *cols.span(c0, c1), level=level)
-        means = _block_means(crop, rows.k, cols.k)
-        means = cols.sample(rows.sample(means, y0, y1, b0, axis=0), x0, x1, c0, axis=1)
-        return np.ascontiguousarray(np.clip(np.floor(means + 0.5), 0, 255).astype(np.uint8))
+        out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        band = max(1, _BAND_PIXELS // (x1 - x0))  # output rows at a time: float64 work stays small
+        for i0 in range(y0, y1, band):
+            i1 = min(i0 + band, y1)
+            a0, a1 = rows.blocks(i0, i1)
+            s0, s1 = (s - b0 * rows.k for s in rows.span(a0, a1))
+            means = _block_means(crop[s0:s1], rows.k, cols.k)
+            means = cols.sample(rows.sample(means, i0, i1, a0, axis=0), x0, x1, c0, axis=1)
+            out[i0 - y0:i1 - y0] = np.clip(np.floor(means + 0.5), 0, 255)
+        return out
 
     def scale_for_mpp(self, mpp: float) -> float:
         """The scale that gives ``mpp`` microns per pixel (``self.mpp / mpp``).
@@ -298,10 +306,14 @@ class _Axis:
             return means
         u = self.positions(i0, i1)
         low = np.floor(u)
-        weight = np.expand_dims(u - low, tuple(a for a in range(means.ndim) if a != axis))
-        first = np.clip(low.astype(np.int64), 0, self.count - 1) - b0
-        second = np.clip(low.astype(np.int64) + 1, 0, self.count - 1) - b0
-        return np.take(means, first, axis=axis) * (1 - weight) + np.take(means, second, axis=axis) * weight
+        other_axes = tuple(a for a in range(means.ndim) if a != axis)
+        weight = np.expand_dims((u - low).astype(np.float32), other_axes)
+        first = np.take(means, np.clip(low.astype(np.int64), 0, self.count - 1) - b0, axis=axis)
+        second = np.take(means, np.clip(low.astype(np.int64) + 1, 0, self.count - 1) - b0, axis=axis)
+        second -= first
+        second *= weight
+        second += first
+        return second
 
 
 def _block_means(crop: np.ndarray, k_rows: int, k_cols: int) -> np.ndarray:
@@ -312,7 +324,7 @@ def _block_means(crop: np.ndarray, k_rows: int, k_cols: int) -> np.ndarray:
         if k > 1:  # integer sums, exact; float64 only at the blocks' size
             sums = np.add.reduceat(sums, starts, axis=axis, dtype=np.uint64)
         counts.append(np.diff(np.append(starts, crop.shape[axis])).astype(np.float64))
-    return sums / (counts[0][:, None, None] * counts[1][None, :, None])
+    return (sums / (counts[0][:, None, None] * counts[1][None, :, None])).astype(np.float32)
 
 
 def _check_region(path: Path, region: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:
@@ -384,12 +396,10 @@ def _to_rgb(samples: np.ndarray, colormap: np.ndarray | None = None, invert: boo
     """``(h, w, c)`` uint8/uint16 samples (c: grey, grey+alpha, RGB, RGBA) to RGB uint8 over white."""
     if colormap is not None:
         samples = np.moveaxis(colormap[:, samples[:, :, 0]], 0, -1)  # palette: indices to RGB
-    if samples.dtype == np.uint16 or samples.dtype == np.uint32:
-        samples = (samples >> (8 * (samples.itemsize - 1))).astype(np.uint8)
+    if samples.dtype == np.uint16:
+        samples = (samples >> 8).astype(np.uint8)
     elif samples.dtype == np.bool_:
         samples = samples.astype(np.uint8) * 255
-    elif samples.dtype != np.uint8:
-        raise SlideError(f"expected 8- or 16-bit unsigned samples, but got {samples.dtype}")
     channels = samples.shape[2]
     color = samples[:, :, :3] if channels >= 3 else np.repeat(samples[:, :, :1], 3, axis=2)
     if invert:
@@ -447,6 +457,8 @@ class _TiffReader:
                 (count, dtype), (count0, dtype0) = self._samples(k), first
                 raise SlideError(f"{path}: inconsistent pyramid: level {k} has {count} {dtype} samples per "
                                  f"pixel, level 0 has {count0} {dtype0}")
+        if first[1] not in ("uint8", "uint16", "bool"):
+            raise SlideError(f"{path}: {first[1]} samples; expected 8- or 16-bit unsigned integers")
         page = series.keyframe
         photometric = int(page.photometric)
         if photometric not in (0, 1, 2, 3, 6):  # min-is-white, min-is-black, RGB, palette, YCbCr
