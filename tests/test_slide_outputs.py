@@ -296,3 +296,9 @@ def test_write_geojson(tmp_path):
     assert write_geojson(empty, [("tumour", np.zeros((5, 5)))]) == 0
     assert json.loads(empty.read_text()) == {"type": "FeatureCollection", "features": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.geojson", "regions.geojson"]
+
+
+def test_missing_slide_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'fcnclassify\[slide\]'"):
+        ScoreStore.create(tmp_path / "m.zarr", classes=2, shape=(2, 2), chunk=(1, 1), attrs={})
