@@ -177,6 +177,18 @@ def test_read_scaled_integer_factor_is_the_exact_block_mean(tmp_path):
     np.testing.assert_array_equal(out, np.floor(blocks + 0.5).astype(np.uint8))
 
 
+def test_thumbnail_in_strips_equals_one_read(slide_path, photo, monkeypatch):
+    path, _ = slide_path
+    with open_slide(path) as slide:
+        whole = slide.thumbnail(500)
+        assert whole.shape == (326, 500, 3)  # round(1500 * 500 / 2300)
+        monkeypatch.setattr("fcnclassify.io.slides._STRIP_BYTES", 100_000)  # strips of a few rows
+        np.testing.assert_array_equal(slide.thumbnail(500), whole)
+        np.testing.assert_array_equal(slide.thumbnail(5000), photo)  # no enlarging: level 0 as is
+    reference = cv2.resize(photo, (500, 326), interpolation=cv2.INTER_AREA)
+    assert np.abs(whole.astype(np.int16) - reference).mean() < 3
+
+
 def test_mpp_from_ome_resolution_tags_and_svs_description(tmp_path, photo):
     image = photo[:300, :400]
     write_test_slide(tmp_path / "ome.tif", image, mpp=0.5)

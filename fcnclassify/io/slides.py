@@ -98,7 +98,7 @@ class Slide:
 
     def scaled_size(self, scale: float) -> tuple[int, int]:
         """``(round(H0 * scale), round(W0 * scale))``, each at least 1: the image's size at ``scale``."""
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        if not math.isfinite(scale):
             raise ValueError(f"expected a finite scale > 0, but got {scale}")
         return scaled_size(self.size, float(scale))
 
@@ -151,7 +151,7 @@ class Slide:
         Raises:
             SlideError: The file does not say its pixel size.
         """
-        if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+        if not (math.isfinite(mpp) and mpp > 0):
             raise ValueError(f"expected microns per pixel > 0, but got {mpp}")
         if self.mpp is None:
             raise SlideError(f"{self.path}: the file does not give its pixel size (microns per pixel); "
