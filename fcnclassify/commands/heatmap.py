@@ -32,7 +32,8 @@ FORMATS = ("jpg", "webp", "png")  # fcnclassify.outputs.files.FORMATS, without i
 # what a set of outputs depends on: a set written with other values is not finished for --resume
 OUTPUT_OPTIONS = ("model", "weights", "onnx", "num_classes", "labels", "input_size", "cells", "sizes",
                   "scales", "flip", "pool", "over", "dtype", "stride_factor", "topk", "classes",
-                  "alpha", "colormap", "format", "quality", "grid_width", "save_npz", "viewer")
+                  "alpha", "colormap", "format", "quality", "grid_width", "save_npz", "viewer", "mpp",
+                  "tissue", "threshold")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(`fcnclassify view DIR/<key>_viewer` opens it)")
     group.add_argument("--resume", action="store_true",
                        help="skip the images whose outputs are complete with the same input and "
-                            "options (after an interrupted run); write the others")
+                            "options (after an interrupted run); write the others; a slide resumes "
+                            "from its finished tiles")
+    slides = parser.add_argument_group(
+        "slides and huge TIFFs",
+        "a whole-slide image (SVS, NDPI, MRXS, ... with the openslide extra) or a tiled, pyramidal or "
+        "very large TIFF is read tile by tile and written as <key>_slide/ in --out: scores.zarr, "
+        "heatmap.ome.tif, regions.geojson, Deep Zoom layers with viewer.html, summary.json "
+        "(needs the slide extra: pip install 'fcnclassify[slide]')")
+    slides.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
+                        help="evaluate the slide at this many microns per pixel (the file must say "
+                             "its own); otherwise at --scales S (one factor, default 1: level 0)")
+    slides.add_argument("--tissue", choices=("otsu", "none"), default="otsu",
+                        help="skip background tiles by an Otsu mask on a low level (otsu, default) "
+                             "or evaluate every tile (none: satellite and other scenes)")
+    slides.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                        help="per-window probability at which regions.geojson draws a class's "
+                             "regions (default: 0.5)")
 
 
 def add_output_options(group) -> None:
@@ -116,6 +133,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     classes = _unique_classes(model, args.classes) if args.classes else None
     documents = {job.source: job.finished["document"] for job in finished}
+    slides = [path for path in loop.paths if _is_slide(path)]
+    loop.paths = [path for path in loop.paths if path not in slides]
+    for path in slides:  # streamed in and out, one after the other
+        try:
+            documents[path] = _slide(folder, jobs[path], model, classes, args)
+        except (ValueError, OSError) as e:
+            loop.report(e)
+            continue
+        if not args.json:
+            loop.write(_slide_summary(documents[path]))
     for path, _, prediction in loop.predictions(model, args):
         # by default the classes whose best window is most confident: what the heatmaps can show
         chosen = classes or [index for index, _, _ in prediction.topk(args.topk, by="window")]
@@ -127,6 +154,63 @@ def run(args: argparse.Namespace) -> int:
             loop.write(_summary(documents[path]))
     # the same document as `fcnclassify classify --json`, with peaks; input order
     return loop.finish(model, args, [documents[p] for p in jobs if p in documents])
+
+
+def _is_slide(path) -> bool:
+    from ..io.slides import is_slide
+
+    return is_slide(path)
+
+
+def _slide(folder, job, model, classes, args: argparse.Namespace) -> dict:
+    """One slide's outputs: the folder ``<key>_slide`` through the output folder's atomic set (its
+    work folder ``.<key>_slide.partial`` kept across interruptions for ``--resume``)."""
+    from ..io.slides import open_slide
+    from ..outputs.files import slide_name
+    from ..outputs.slide import SlideOptions, slide_heatmaps
+    from ._options import show_progress
+
+    name = slide_name(job.key)
+    partial = folder.path / f".{name}.partial"
+    if partial.exists() and not (args.resume or args.force):
+        raise FileExistsError(f"{partial}: an interrupted run's tiles are there (pass --resume to "
+                              f"continue it, or --force to start again)")
+    scales = args.scales or (1.0,)
+    if len(scales) != 1 or (args.mpp is not None and args.scales):
+        raise ValueError(f"{job.source}: a slide is evaluated at one scale: expected --scales S (one "
+                         f"factor) or --mpp MICRONS")
+    scale = scales[0]
+    if args.mpp is not None:
+        with open_slide(job.source) as slide:
+            scale = slide.scale_for_mpp(args.mpp)
+    options = SlideOptions(scale=scale, tissue=args.tissue, topk=args.topk,
+                           classes=tuple(classes) if classes else None, threshold=args.threshold,
+                           dtype=args.dtype, colormap=args.colormap)
+    document: dict = {}
+
+    def write(temporary):
+        document.update(slide_heatmaps(model, job.source, temporary, partial=partial, options=options,
+                                       max_memory=args.max_memory, device=args.device,
+                                       resume=args.resume, progress=show_progress(args),
+                                       viewer=True))
+        document["folder"] = str(folder.path / name)
+
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write(job, {name: write}, document=document)
+    return document
+
+
+def _slide_summary(document: dict) -> str:
+    lines = [f"{document['image']}  {document['width']}x{document['height']}  scale "
+             f"{document['scale']:g}, {document['cells'][1]}x{document['cells'][0]} cells, "
+             f"{document['evaluated']} tiles evaluated, {document['skipped']} background, "
+             f"{document['resumed']} resumed, {document['megapixels_per_second']} Mpx/s"]
+    for rank, entry in enumerate(document["classes"], 1):
+        x0, y0, x1, y1 = entry["peak"]["box"]
+        lines.append(f"  {rank}. {entry['label']:<24} window {entry['peak']['score']:.3f} at "
+                     f"({(x0 + x1) / 2:.0f}, {(y0 + y1) / 2:.0f})  image {entry['score']:.4f}")
+    lines.append(f"  -> {document['folder']}/ ({', '.join(document['files'])})")
+    return "\n".join(lines)
 
 
 def _unique_classes(model, names: list[str]) -> list[int]:

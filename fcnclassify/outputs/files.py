@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MANIFEST", "FORMATS", "Job", "Manifest", "OutputFolder", "output_key", "output_names",
-           "outputs_of", "slug", "viewer_name"]
+           "outputs_of", "slug", "slide_name", "viewer_name"]
 
 MANIFEST = "fcnclassify-manifest.json"
 FORMATS = ("jpg", "webp", "png")  # of overlays and grids
@@ -72,6 +72,11 @@ def viewer_name(key: str) -> str:
     return f"{key}_viewer"
 
 
+def slide_name(key: str) -> str:
+    """The folder of a slide's streamed outputs (:mod:`fcnclassify.outputs.slide`)."""
+    return f"{key}_slide"
+
+
 def outputs_of(key: str, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that belong to image ``key``'s set, of any rank, class or format.
 
@@ -79,7 +84,7 @@ def outputs_of(key: str, names: Sequence[str]) -> list[str]:
     """
     formats = "|".join(FORMATS)
     pattern = re.compile(rf"{re.escape(key)}_(?:\d+_(?!grid\.)[a-z0-9-]+\.(?:{formats})"
-                         rf"|grid\.(?:{formats})|maps\.npz|viewer)")
+                         rf"|grid\.(?:{formats})|maps\.npz|viewer|slide)")
     return sorted(n for n in names if pattern.fullmatch(n))
 
 
