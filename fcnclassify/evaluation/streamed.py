@@ -176,8 +176,9 @@ def streamed_evaluate(
             first cell; its ``pending()`` (None: all) says which tiles are left to do.
         scale: level-0 pixels are resized by this factor before the network (0.5: half the width).
         plan: the tiles (:func:`plan_stream`); default: planned for ``max_memory``.
-        mask: foreground mask; a tile whose cells' area holds no foreground is skipped
-            (``sink.skip``). None: every tile is evaluated.
+        mask: foreground mask; a cell whose own area (its centre +- half a stride) holds no
+            foreground is background: NaN in the map, and a tile of background cells only is
+            skipped (``sink.skip``), not read nor evaluated. None: every cell is evaluated.
         max_memory: budget in bytes for one tile's reading and working memory (see
             :func:`plan_stream`).
         device, dtype, channels_last: as in :func:`fcnclassify.evaluation.dense.dense_evaluate`.
@@ -198,11 +199,13 @@ def streamed_evaluate(
     todo = plan.tiles if pending is None else [t for t in plan.tiles if _first(t) in set(pending)]
     stats = StreamStats(resumed=len(plan.tiles) - len(todo))
     fmt = torch.channels_last if nhwc else torch.contiguous_format
+    counts = None if mask is None else _summed_area(mask.mask)
     start = time.perf_counter()
     bar = tqdm(todo, desc="tiles", unit="tile", disable=not progress, leave=False, smoothing=0.1)
     with torch.inference_mode():
         for t in bar:
-            if mask is not None and not _foreground(fcn.geometry, t, mask, scale):
+            foreground = None if mask is None else _foreground(fcn.geometry, t, mask, scale, counts)
+            if foreground is not None and not foreground.any():
                 sink.skip(*_first(t))
                 stats.skipped += 1
                 continue
@@ -216,7 +219,10 @@ def streamed_evaluate(
             cells = logits[0, :, i0:i0 + len(t.rows), j0:j0 + len(t.cols)]
             if tuple(cells.shape[1:]) != (len(t.rows), len(t.cols)):
                 raise AssertionError(f"tile {t} gave a map of {tuple(logits.shape[-2:])}")  # a bug
-            sink.write(*_first(t), cells.float().cpu().numpy())
+            cells = cells.float().cpu().numpy()
+            if foreground is not None:
+                cells[:, ~foreground] = np.nan  # background cells of a tile with some tissue
+            sink.write(*_first(t), cells)
             del logits, cells
             stats.evaluated += 1
             stats.megapixels += (y1 - y0) * (x1 - x0) / 1e6
@@ -230,16 +236,27 @@ def _first(t: Tile) -> tuple[int, int]:
     return t.rows.start, t.cols.start
 
 
-def _foreground(geometry: Geometry, t: Tile, mask: Mask, scale: float) -> bool:
-    """Whether the area of the tile's cells (each cell's centre +- half a stride, in level-0 pixels)
-    holds a foreground pixel of the mask."""
-    half = geometry.stride / 2
-    y0 = geometry.cell_center(t.rows.start) - half
-    y1 = geometry.cell_center(t.rows.stop - 1) + half
-    x0 = geometry.cell_center(t.cols.start) - half
-    x1 = geometry.cell_center(t.cols.stop - 1) + half
+def _foreground(geometry: Geometry, t: Tile, mask: Mask, scale: float,
+                counts: np.ndarray) -> np.ndarray:
+    """``(rows, cols)``: whether each cell's own area (its centre +- half a stride) holds a
+    foreground pixel of the mask; ``counts`` is the mask's summed-area table."""
     d = mask.downsample * scale  # scaled-image pixels per mask pixel
     h, w = mask.mask.shape
-    i0, i1 = max(0, math.floor(y0 / d)), min(h, math.ceil(y1 / d))
-    j0, j1 = max(0, math.floor(x0 / d)), min(w, math.ceil(x1 / d))
-    return bool(mask.mask[i0:i1, j0:j1].any())
+
+    def spans(cells: range, n: int) -> tuple[np.ndarray, np.ndarray]:
+        centres = np.array([geometry.cell_center(k) for k in cells], dtype=np.float64)
+        lo = np.clip(np.floor((centres - geometry.stride / 2) / d), 0, n).astype(np.int64)
+        hi = np.clip(np.ceil((centres + geometry.stride / 2) / d), 0, n).astype(np.int64)
+        return lo, np.maximum(hi, lo)
+
+    (i0, i1), (j0, j1) = spans(t.rows, h), spans(t.cols, w)
+    inside = (counts[i1[:, None], j1[None, :]] - counts[i0[:, None], j1[None, :]]
+              - counts[i1[:, None], j0[None, :]] + counts[i0[:, None], j0[None, :]])
+    return inside > 0
+
+
+def _summed_area(mask: np.ndarray) -> np.ndarray:
+    """``S[i, j]`` = foreground pixels in ``mask[:i, :j]``."""
+    counts = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    counts[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    return counts
