@@ -127,7 +127,12 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         slide = work / f"synthetic_{args.size}.ome.tif"
-        written = write_slide(slide, args.size, args.tissue) if not slide.exists() else {"reused": True}
+        record = slide.with_suffix(".json")
+        if slide.exists() and record.exists():  # --keep: the slide of an earlier run
+            written = {**json.loads(record.read_text()), "reused": True}
+        else:
+            written = write_slide(slide, args.size, args.tissue)
+            record.write_text(json.dumps(written))
         print(f"slide: {slide} {json.dumps({k: v for k, v in written.items() if k != 'tissue_boxes'})}",
               file=sys.stderr)
         out = work / "out"
