@@ -168,7 +168,7 @@ def _slide(folder, job, model, classes, args: argparse.Namespace) -> dict:
     from ..io.slides import open_slide
     from ..outputs.files import slide_name
     from ..outputs.slide import SlideOptions, slide_heatmaps
-    from ._options import show_progress
+    from ._options import engine, show_progress
 
     name = slide_name(job.key)
     partial = folder.path / f".{name}.partial"
@@ -183,6 +183,18 @@ def _slide(folder, job, model, classes, args: argparse.Namespace) -> dict:
     if args.mpp is not None:
         with open_slide(job.source) as slide:
             scale = slide.scale_for_mpp(args.mpp)
+    tiles = None
+    chosen = engine(args)
+    if chosen == "torchrun":
+        raise ValueError(f"{job.source}: a slide runs on --engine local or ray (its tiles spread over "
+                         f"the Ray cluster), not under torchrun")
+    if chosen == "ray":
+        import functools
+
+        from ..distributed.slides import tile_runner
+
+        tiles = tile_runner(functools.partial(load_from_args, args), str(job.source), scale=scale,
+                            address=args.ray_address, device=args.device, dtype=args.dtype)
     options = SlideOptions(scale=scale, tissue=args.tissue, topk=args.topk,
                            classes=tuple(classes) if classes else None, threshold=args.threshold,
                            dtype=args.dtype, colormap=args.colormap)
@@ -192,7 +204,7 @@ def _slide(folder, job, model, classes, args: argparse.Namespace) -> dict:
         document.update(slide_heatmaps(model, job.source, temporary, partial=partial, options=options,
                                        max_memory=args.max_memory, device=args.device,
                                        resume=args.resume, progress=show_progress(args),
-                                       viewer=True))
+                                       viewer=True, tiles=tiles))
         document["folder"] = str(folder.path / name)
 
     folder.path.mkdir(parents=True, exist_ok=True)

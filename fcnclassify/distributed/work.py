@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..evaluation.protocols import Sample
     from ..models.loaded import LoadedModel
 
-__all__ = ["Failure", "PredictWork", "EvaluateWork", "accuracy"]
+__all__ = ["Failure", "PredictWork", "EvaluateWork", "SlideTilesWork", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,65 @@ def accuracy(protocol: str, predictions: list[tuple[str, int, list[int]]]):
     top1 = sum(top5[0] == label for _, label, top5 in predictions)
     top5 = sum(label in k for _, label, k in predictions)
     return EvaluationResult(protocol, n, top1 / n, top5 / n, list(predictions))
+
+
+@dataclass(frozen=True)
+class SlideTilesWork:
+    """A job of tiles of one slide: each tile's crop read from the file and evaluated as
+    :func:`~fcnclassify.evaluation.streamed.streamed_evaluate` does it, the cells sent back
+    (``(row0, col0, float32 logits)``, or ``(row0, col0, None)`` for a background tile). The slide
+    file is opened by the worker itself: only tile coordinates and logits travel.
+
+    Attributes:
+        load: builds the model (picklable).
+        path: the slide, readable from every worker (a shared file system).
+        scale: level-0 pixels are resized by this factor.
+        size, shape, tile: the plan's (:class:`~fcnclassify.evaluation.streamed.StreamPlan`).
+        mask: the tissue mask or None.
+        device, dtype: where and how the network runs.
+    """
+
+    load: Callable[[], LoadedModel]
+    path: str
+    scale: float
+    size: tuple[int, int]
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    mask: Any = None
+    device: str | None = None
+    dtype: str | None = None
+
+    def decode(self, item: list) -> None:
+        return None  # the worker reads its own crops
+
+    def setup(self) -> dict:
+        return {"model": self.load(), "slide": None}
+
+    def run(self, state: dict, item: list, decoded: None) -> list:
+        from ..evaluation.streamed import StreamPlan, streamed_evaluate
+        from ..io.slides import open_slide
+
+        if state["slide"] is None:
+            state["slide"] = open_slide(self.path)
+        model = state["model"]
+        sink = _CollectingSink()
+        plan = StreamPlan(self.size, self.shape, self.tile, list(item))
+        streamed_evaluate(model.fcn, state["slide"], model.normalization, sink, scale=self.scale,
+                          plan=plan, mask=self.mask, device=self.device, dtype=self.dtype)
+        return sink.results
+
+
+class _CollectingSink:
+    """The tiles' cells in the order they were done, to send back."""
+
+    def __init__(self) -> None:
+        self.results: list = []
+
+    def write(self, row0: int, col0: int, logits) -> None:
+        self.results.append((row0, col0, logits))
+
+    def skip(self, row0: int, col0: int) -> None:
+        self.results.append((row0, col0, None))
+
+    def pending(self) -> None:
+        return None

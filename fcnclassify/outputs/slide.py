@@ -31,14 +31,16 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..evaluation.scoremap import ScoreMap
-from ..evaluation.streamed import Mask, plan_stream, streamed_evaluate
+from ..evaluation.streamed import Mask, StreamPlan, StreamStats, plan_stream, streamed_evaluate
 from ..io.slides import open_slide, tissue_mask
 from ..models.loaded import LoadedModel
 from ..network.device import resolve
@@ -46,7 +48,10 @@ from .files import slug
 from .render import colorize
 from .viewer import colorbar
 
-__all__ = ["SlideOptions", "slide_heatmaps"]
+__all__ = ["SlideOptions", "TileRunner", "slide_heatmaps"]
+
+# evaluates a plan's pending tiles under a mask into a store (elsewhere: Ray), what was done
+TileRunner = Callable[[StreamPlan, "Mask | None", Any], StreamStats]
 
 STORE = "scores.zarr"
 SUMMARY = "summary.json"
@@ -79,8 +84,8 @@ class SlideOptions:
 def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.PathLike, *,
                    options: SlideOptions = SlideOptions(), max_memory: int | None = None,
                    device: str | torch.device | None = None, partial: str | os.PathLike | None = None,
-                   resume: bool = False,
-                   progress: bool | None = None, viewer: bool = True) -> dict:
+                   resume: bool = False, progress: bool | None = None, viewer: bool = True,
+                   tiles: TileRunner | None = None) -> dict:
     """Evaluates the slide at ``path`` and writes its outputs into the new folder ``out``.
 
     Args:
@@ -96,6 +101,9 @@ def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.Pa
             such a folder is started over.
         progress: a progress bar over the tiles (None: on a terminal).
         viewer: also write the Deep Zoom layers and ``viewer.html``.
+        tiles: evaluates the plan's pending tiles into the store elsewhere, e.g. on a Ray cluster
+            (:func:`fcnclassify.distributed.slides.tile_runner`); default: here, one by one
+            (:func:`~fcnclassify.evaluation.streamed.streamed_evaluate`).
 
     Returns:
         The summary document (also written as ``summary.json``).
@@ -126,9 +134,12 @@ def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.Pa
         else:
             store = ScoreStore.create(store_path, classes=model.num_classes, shape=plan.shape,
                                       chunk=plan.tile, attrs=attrs)
-        stats = streamed_evaluate(fcn, slide, model.normalization, store, scale=options.scale,
-                                  plan=plan, mask=mask, device=device, dtype=dtype,
-                                  progress=progress)
+        if tiles is None:
+            stats = streamed_evaluate(fcn, slide, model.normalization, store, scale=options.scale,
+                                      plan=plan, mask=mask, device=device, dtype=dtype,
+                                      progress=progress)
+        else:
+            stats = tiles(plan, mask, store)
         store.finish()
         document = _rank(store, model, options, slide, fcn.geometry, size)
         classes = [entry["index"] for entry in document["classes"]]
