@@ -32,9 +32,13 @@ _EXPORTS = {  # public name -> the module that defines it
     "ScoreMap": "evaluation.scoremap",
     "shift_and_stitch": "evaluation.stitch", "stitched_evaluate": "evaluation.stitch",
     "tiled_forward": "evaluation.tiling",
+    "ArraySink": "evaluation.streamed", "Mask": "evaluation.streamed",
+    "plan_stream": "evaluation.streamed", "streamed_evaluate": "evaluation.streamed",
     "load_state_dict": "io.checkpoint", "load_weights": "io.checkpoint",
     "save_weights": "io.checkpoint",
     "ImageError": "io.images", "read_image": "io.images",
+    "Slide": "io.slides", "SlideError": "io.slides", "open_slide": "io.slides",
+    "tissue_mask": "io.slides",
     "LoadedModel": "models.loaded", "Normalization": "models.loaded",
     "available_models": "models.registry", "load_model": "models.registry",
     "model_spec": "models.registry", "ModelSpec": "models.registry",
@@ -43,6 +47,9 @@ _EXPORTS = {  # public name -> the module that defines it
     "Geometry": "network.geometry",
     "colorize": "outputs.render", "grid": "outputs.render", "overlay": "outputs.render",
     "write_dzi": "outputs.dzi", "write_viewer": "outputs.viewer",
+    "write_geojson": "outputs.geojson", "write_pyramid": "outputs.ometiff",
+    "ScoreStore": "outputs.scorestore",
+    "SlideOptions": "outputs.slide", "slide_heatmaps": "outputs.slide",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -58,9 +65,11 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py 
     from .evaluation.protocols import evaluate
     from .evaluation.scoremap import ScoreMap
     from .evaluation.stitch import shift_and_stitch, stitched_evaluate
+    from .evaluation.streamed import ArraySink, Mask, plan_stream, streamed_evaluate
     from .evaluation.tiling import tiled_forward
     from .io.checkpoint import load_state_dict, load_weights, save_weights
     from .io.images import ImageError, read_image
+    from .io.slides import Slide, SlideError, open_slide, tissue_mask
     from .models.loaded import LoadedModel, Normalization
     from .models.registry import ModelSpec, available_models, load_model, model_spec
     from .network.convert import FullyConvNet, convert
@@ -68,7 +77,11 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_cli_fast.py 
     from .network.onnx_runtime import OnnxNet
     from .network.geometry import Geometry
     from .outputs.dzi import write_dzi
+    from .outputs.geojson import write_geojson
+    from .outputs.ometiff import write_pyramid
     from .outputs.render import colorize, grid, overlay
+    from .outputs.scorestore import ScoreStore
+    from .outputs.slide import SlideOptions, slide_heatmaps
     from .outputs.viewer import write_viewer
 
 

@@ -301,6 +301,20 @@ class ScoreStore:
         """``(h, w)`` float32 map of one class; see :meth:`class_maps`."""
         return self.class_maps([cls], probabilities=probabilities)[0]
 
+    def max_probabilities(self) -> np.ndarray:
+        """``(classes,)`` float32: each class's highest per-cell probability (softmax over the classes
+        of a cell), over the cells that hold a value; NaN if none does. One pass over the chunks."""
+        best = np.full(self.classes, -np.inf, dtype=np.float32)
+        for _, _, block in self._chunks():
+            if block is None:
+                continue
+            block = block - block.max(axis=0, keepdims=True)
+            np.exp(block, out=block)
+            block /= block.sum(axis=0, keepdims=True)
+            np.fmax(best, np.nanmax(block.reshape(self.classes, -1), axis=1, initial=-np.inf), out=best)
+        best[np.isinf(best)] = np.nan
+        return best
+
     def mean_logits(self) -> np.ndarray:
         """``(classes,)`` float64 mean of each class's logits over the cells that hold a value."""
         total = np.zeros(self.classes, np.float64)

@@ -65,7 +65,7 @@ class SlideOptions:
         scale: level-0 pixels are resized by this factor for the network (0.5: half the width).
         tissue: ``"otsu"``: skip tiles without foreground (:func:`fcnclassify.io.slides.tissue_mask`);
             ``"none"``: evaluate every tile.
-        topk: classes drawn when ``classes`` is None: the image-level top-k.
+        topk: classes drawn when ``classes`` is None: the k whose best window is most confident.
         classes: class indices to draw.
         threshold: per-window probability at which GeoJSON regions start.
         dtype: the network's compute dtype.
@@ -153,7 +153,8 @@ def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.Pa
                                 threshold=options.threshold,
                                 to_image=(downsample, downsample, 0.0, 0.0), overwrite=True)
         if viewer:
-            _viewer(partial, slide, heat, labels, model.name, options.colormap, Path(path).name)
+            _viewer(partial, slide, heat, downsample, labels, model.name, options.colormap,
+                    Path(path).name)
         document.update(
             evaluated=stats.evaluated, skipped=stats.skipped, resumed=stats.resumed,
             megapixels_per_second=round(stats.megapixels_per_second, 2),
@@ -182,11 +183,15 @@ def _attrs(model, slide, options: SlideOptions, plan, geometry, mask) -> dict:
 
 def _rank(store, model, options: SlideOptions, slide, geometry, size) -> dict:
     """The image-level probabilities (mean logits over the evaluated cells, softmax) and the
-    classes to draw, each with its best window in level-0 pixels."""
+    classes to draw: by default those whose best window is most confident (as for photos), each
+    with that window in level-0 pixels."""
     mean = torch.from_numpy(store.mean_logits()).float()
     probabilities = mean.softmax(0)
-    classes = list(options.classes) if options.classes else \
-        probabilities.topk(min(options.topk, len(probabilities))).indices.tolist()
+    if options.classes:
+        classes = list(options.classes)
+    else:
+        best = torch.from_numpy(np.nan_to_num(store.max_probabilities(), nan=-1.0))
+        classes = best.topk(min(options.topk, len(best))).indices.tolist()
     maps = store.class_maps(classes, probabilities=True)
     grid = ScoreMap(torch.zeros(1, *maps.shape[1:]), geometry, tuple(slide.size), tuple(size))
     entries = []
@@ -202,28 +207,35 @@ def _rank(store, model, options: SlideOptions, slide, geometry, size) -> dict:
             "mpp": slide.mpp, "scale": options.scale, "model": model.name,
             "cells": list(maps.shape[1:]),
             "score": "image-level probability: the map's logits averaged over the evaluated (tissue) "
-                     "windows, softmax; peak: the per-window probability of the best window",
+                     "windows, softmax; peak: the per-window probability of the best window; classes "
+                     "ranked by their best window unless given",
             "classes": entries}
 
 
 def _heat(store, classes, geometry, slide, size) -> tuple[np.ndarray, int]:
-    """Per-window probabilities of ``classes`` on the image's grid shrunk by a power of two
-    ``downsample`` (about one pixel per map cell), ``(k, h, w)`` in [0, 1], 0 in skipped areas."""
+    """Per-window probabilities of ``classes`` on a grid of ``downsample`` x ``downsample`` slide
+    pixels (a power of two, about one grid pixel per map cell): grid pixel ``(i, j)`` covers slide
+    pixels ``[i * d, (i + 1) * d) x [j * d, (j + 1) * d)``, the last ones reaching past the edge.
+    ``(k, h, w)`` in [0, 1], 0 in background; cells interpolated between their windows' centres
+    (:meth:`~fcnclassify.evaluation.scoremap.ScoreMap.to_image_grid`)."""
     maps = np.nan_to_num(store.class_maps(classes, probabilities=True), nan=0.0)
-    cell = geometry.stride * slide.size[1] / size[1]  # level-0 pixels between cell centres
-    downsample = 2 ** max(0, int(np.floor(np.log2(cell))))
-    shape = (-(-slide.size[0] // downsample), -(-slide.size[1] // downsample))
-    grid = ScoreMap(torch.from_numpy(maps), geometry, tuple(slide.size), tuple(size))
+    height, width = slide.size
+    cell = geometry.stride * width / size[1]  # slide pixels between cell centres
+    d = 2 ** max(0, int(np.floor(np.log2(cell))))
+    shape = (-(-height // d), -(-width // d))
+    covered = (shape[0] * d, shape[1] * d)  # the grid's extent in slide pixels
+    grid = ScoreMap(torch.from_numpy(maps), geometry, covered,
+                    (size[0] * covered[0] / height, size[1] * covered[1] / width))
     heat = grid.to_image_grid(size=shape, probabilities=False).clamp_(0, 1).numpy()
-    return heat, downsample
+    return heat, d
 
 
 def _u8(values: np.ndarray) -> np.ndarray:
     return np.rint(values * 255).astype(np.uint8)
 
 
-def _viewer(folder: Path, slide, heat: np.ndarray, labels: list[str], model: str, colormap: str,
-            title: str) -> None:
+def _viewer(folder: Path, slide, heat: np.ndarray, downsample: int, labels: list[str], model: str,
+            colormap: str, title: str) -> None:
     from .dzi import write_dzi
     from .viewer import write_viewer
 
@@ -235,7 +247,9 @@ def _viewer(folder: Path, slide, heat: np.ndarray, labels: list[str], model: str
         dzi = write_dzi(folder / f"{rank}_{slug(label)}", values.shape[1], values.shape[0],
                         lambda x, y, w, h, v=values: colorize(v[y:y + h, x:x + w], colormap=colormap),
                         overwrite=True)
-        layers.append({"name": f"{rank}. {label}", "dzi": dzi})
+        # a heat pixel is `downsample` slide pixels: the last ones reach past the slide's edge
+        layers.append({"name": f"{rank}. {label}", "dzi": dzi,
+                       "width": values.shape[1] * downsample / width})
     write_viewer(folder, {"title": title, "image": image, "layers": layers, "model": model,
                           "colorbar": colorbar(colormap)}, overwrite=True)
 
