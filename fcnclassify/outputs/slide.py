@@ -249,7 +249,8 @@ def _viewer(folder: Path, slide, heat: np.ndarray, downsample: int, labels: list
                         overwrite=True)
         # a heat pixel is `downsample` slide pixels: the last ones reach past the slide's edge
         layers.append({"name": f"{rank}. {label}", "dzi": dzi,
-                       "width": values.shape[1] * downsample / width})
+                       "width": values.shape[1] * downsample / width,
+                       "clip": [width / downsample, height / downsample]})
     write_viewer(folder, {"title": title, "image": image, "layers": layers, "model": model,
                           "colorbar": colorbar(colormap)}, overwrite=True)
 

@@ -41,8 +41,9 @@ def write_viewer(out_dir: str | os.PathLike, manifest: dict, *, overwrite: bool 
         manifest: ``{"title": str, "image": descriptor, "layers": [{"name": "Egyptian cat",
             "dzi": descriptor}, ...], "model": str}``, each descriptor as
             :func:`~fcnclassify.outputs.dzi.write_dzi` returns it (a layer may give ``"width"``:
-            its width as a fraction of the image's, default 1, for a coarse layer whose pixels
-            reach past the image's edge); optionally ``"colorbar"``: the
+            its width as a fraction of the image's, default 1, and ``"clip"``: ``[width, height]``
+            in its own pixels, for a coarse layer whose pixels reach past the image's edge);
+            optionally ``"colorbar"``: the
             heatmaps' colours from low to high as CSS colours (:func:`colorbar`).
         overwrite: replace an existing page (otherwise FileExistsError).
 
@@ -127,7 +128,8 @@ def _checked(manifest: dict, out_dir: Path) -> dict:
     document = {"title": str(manifest.get("title") or ""), "model": str(manifest.get("model") or ""),
                 "image": _descriptor(manifest["image"], out_dir, "image"),
                 "layers": [{"name": str(l["name"]), "dzi": _descriptor(l["dzi"], out_dir, l["name"]),
-                            **({"width": float(l["width"])} if l.get("width") else {})}
+                            **({"width": float(l["width"])} if l.get("width") else {}),
+                            **({"clip": [float(v) for v in l["clip"]]} if l.get("clip") else {})}
                            for l in layers]}
     if manifest.get("colorbar"):
         document["colorbar"] = [str(c) for c in manifest["colorbar"]]
