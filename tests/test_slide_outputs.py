@@ -302,3 +302,32 @@ def test_missing_slide_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr raises ImportError
     with pytest.raises(ValueError, match=r"pip install 'fcnclassify\[slide\]'"):
         ScoreStore.create(tmp_path / "m.zarr", classes=2, shape=(2, 2), chunk=(1, 1), attrs={})
+
+
+def test_regions_clamped_to_the_image(tmp_path):
+    """A heat grid of 32-pixel cells over a 100 x 70 image reaches 128 x 96: a region in its last
+    column and row is clamped to the image's edge, its area the clipped one."""
+    heat = np.zeros((3, 4))
+    heat[1:, 2:] = 1.0  # grid pixels x 64..128, y 32..96 -> image x 64..100, y 32..70
+    (feature,) = regions(heat, threshold=0.5, to_image=(32, 32, 0, 0), bounds=(100, 70))
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert ring[:, 0].min() == 64 and ring[:, 0].max() == 100
+    assert ring[:, 1].min() == 32 and ring[:, 1].max() == 70
+    assert feature["properties"]["area"] == (100 - 64) * (70 - 32)
+
+
+def test_max_probabilities(tmp_path, logits):
+    """Each class's best cell probability over the written cells: numpy's softmax, NaN cells left out."""
+    store = ScoreStore.create(tmp_path / "m.zarr", classes=logits.shape[0], shape=logits.shape[1:],
+                              chunk=(4, 5), attrs={})
+    for r in range(0, logits.shape[1], 4):
+        for c in range(0, logits.shape[2], 5):
+            if (r, c) == (0, 0):
+                store.skip(r, c)
+            else:
+                store.write(r, c, logits[:, r:r + 4, c:c + 5])
+    stored = logits.astype(np.float16).astype(np.float64)
+    stored[:, :4, :5] = np.nan
+    e = np.exp(stored - stored.max(axis=0))  # NaN cells stay NaN
+    expected = np.nanmax((e / e.sum(axis=0)).reshape(logits.shape[0], -1), axis=1)
+    np.testing.assert_allclose(store.max_probabilities(), expected, rtol=1e-3)

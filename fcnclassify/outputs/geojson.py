@@ -46,16 +46,19 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def _ring(corners: np.ndarray, to_image: tuple[float, float, float, float], *, exterior: bool) -> list:
+def _ring(corners: np.ndarray, to_image: tuple[float, float, float, float], *, exterior: bool,
+          bounds: tuple[float, float] | None = None) -> list:
     sx, sy, ox, oy = to_image
     ring = corners.astype(np.float64) * (sx, sy) + (ox, oy)
+    if bounds is not None:  # a grid reaching past the image's right and bottom edges
+        ring = np.minimum(ring, bounds)
     if (_signed_area(ring) > 0) != exterior:
         ring = ring[::-1]
     return [[float(x), float(y)] for x, y in ring] + [[float(ring[0, 0]), float(ring[0, 1])]]
 
 
 def regions(heat: np.ndarray, *, threshold: float, to_image: tuple[float, float, float, float],
-            min_area: float = 0.0) -> list[dict]:
+            min_area: float = 0.0, bounds: tuple[float, float] | None = None) -> list[dict]:
     """GeoJSON Features (Polygons with holes) of the 8-connected regions where ``heat >= threshold``.
 
     Args:
@@ -63,6 +66,7 @@ def regions(heat: np.ndarray, *, threshold: float, to_image: tuple[float, float,
         threshold: the regions' lower bound, inclusive.
         to_image: ``(sx, sy, ox, oy)``: mask corner ``(x, y)`` -> image ``(x * sx + ox, y * sy + oy)``.
         min_area: regions of fewer image pixels (holes taken out) are left out.
+        bounds: ``(width, height)`` of the image: coordinates past them are clamped to the edge.
 
     Returns:
         Features, largest first, each with properties ``max`` and ``mean`` (of ``heat`` over the
@@ -83,10 +87,10 @@ def regions(heat: np.ndarray, *, threshold: float, to_image: tuple[float, float,
     hierarchy = hierarchy.reshape(-1, 4)  # next, previous, first child, parent
     features = []
     for index in np.flatnonzero(hierarchy[:, 3] < 0):  # outer boundaries; their children are holes
-        rings = [_ring(_corners(contours[index]), to_image, exterior=True)]
+        rings = [_ring(_corners(contours[index]), to_image, exterior=True, bounds=bounds)]
         child = hierarchy[index, 2]
         while child >= 0:
-            rings.append(_ring(_corners(contours[child]), to_image, exterior=False))
+            rings.append(_ring(_corners(contours[child]), to_image, exterior=False, bounds=bounds))
             child = hierarchy[child, 0]
         area = sum(abs(_signed_area(np.asarray(ring[:-1]))) * (1 if k == 0 else -1)
                    for k, ring in enumerate(rings))
@@ -110,13 +114,13 @@ def _cells(heat: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int) 
 def write_geojson(path: str | os.PathLike, layers: list[tuple[str, np.ndarray]], *, threshold: float = 0.5,
                   to_image: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0),
                   colors: list[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                  properties: dict | None = None) -> int:
+                  properties: dict | None = None, bounds: tuple[float, float] | None = None) -> int:
     """Writes the regions of each layer as a GeoJSON FeatureCollection of QuPath annotations.
 
     Args:
         path: the file (``.geojson``).
         layers: ``(label, heat)`` pairs: each heat map's regions become annotations classified ``label``.
-        threshold, to_image: as :func:`regions`.
+        threshold, to_image, bounds: as :func:`regions`.
         colors: ``(r, g, b)`` per layer (default :data:`COLORS` in turn).
         overwrite: replace an existing file (otherwise FileExistsError).
         properties: JSON properties added to every feature (the model, the run's options).
@@ -132,7 +136,7 @@ def write_geojson(path: str | os.PathLike, layers: list[tuple[str, np.ndarray]],
         raise ValueError(f"{path}: expected {len(layers)} colors (one per layer) but got {len(colors)}")
     features = []
     for (label, heat), color in zip(layers, colors):
-        for feature in regions(heat, threshold=threshold, to_image=to_image):
+        for feature in regions(heat, threshold=threshold, to_image=to_image, bounds=bounds):
             found = feature["properties"]
             feature["properties"] = {
                 "objectType": "annotation",

@@ -151,7 +151,9 @@ def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.Pa
                       overwrite=True)
         regions = write_geojson(partial / "regions.geojson", list(zip(labels, heat)),
                                 threshold=options.threshold,
-                                to_image=(downsample, downsample, 0.0, 0.0), overwrite=True)
+                                to_image=(downsample, downsample, 0.0, 0.0), overwrite=True,
+                                bounds=(slide.size[1], slide.size[0]),
+                                properties={"model": model.name, "scale": options.scale})
         if viewer:
             _viewer(partial, slide, heat, downsample, labels, model.name, options.colormap,
                     Path(path).name)
