@@ -80,6 +80,11 @@ def test_default_output_folder(tmp_path):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "registry.json").write_text("{}")
     assert default_output("vgg16", cwd=tmp_path) == tmp_path / "weights" / "vgg16-fcn.safetensors"
+    # registry names with a folder or a weights tag become one file name in that folder
+    assert default_output("timm/convnext_tiny", cwd=tmp_path) == \
+        tmp_path / "weights" / "timm-convnext_tiny-fcn.safetensors"
+    assert default_output("resnet50:IMAGENET1K_V2", cwd=tmp_path).name == \
+        "resnet50-IMAGENET1K_V2-fcn.safetensors"
 
 
 def test_classify_json_fine_tuned_head(files, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ._options import add_model_options
@@ -19,11 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_output(name: str, *, cwd: Path | None = None) -> Path:
-    """``weights/<name>-fcn.safetensors`` in the repository's weights folder, if ``cwd`` has one."""
+    """``weights/<name>-fcn.safetensors`` in the repository's weights folder, if ``cwd`` has one; a
+    name such as ``timm/convnext_tiny`` or ``resnet50:IMAGENET1K_V2`` becomes one file name
+    (``timm-convnext_tiny``, ``resnet50-IMAGENET1K_V2``)."""
     cwd = Path.cwd() if cwd is None else cwd
     folder = cwd / "weights"
     base = folder if (folder / "registry.json").is_file() else cwd
-    return base / f"{name}-fcn.safetensors"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    return base / f"{safe}-fcn.safetensors"
 
 
 def run(args: argparse.Namespace) -> int:
