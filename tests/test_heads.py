@@ -221,3 +221,24 @@ def test_pooled_head_in_tiles_under_a_memory_budget_equals_untiled():
         tiled = tiled_forward(fcn, x, tile=(2, 3))[0]
     torch.testing.assert_close(tiled, want, rtol=1e-4, atol=1e-4)
     assert activation_memory(fcn, (256, 320)) > 0  # the shape-only replay traces the head
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "convnext_tiny"])
+def test_converted_file_of_a_per_cell_head_loads_back(name, tmp_path):
+    """``fcnclassify convert``'s file of a pooled_head network (SqueezeNet's conv head, ConvNeXt's
+    norm-MLP head) loads back: the original classifier restored from it gives the seeded
+    original's logits, and the converted network its map."""
+    from fcnclassify.io.checkpoint import save_weights
+    from fcnclassify.models.registry import converted_metadata, load_model
+
+    torch.save(seeded(getattr(torchvision.models, name)).state_dict(), tmp_path / "original.pth")
+    model = load_model(name, weights=tmp_path / "original.pth")
+    assert model.fcn.kind == "pooled_head"
+    save_weights(model.fcn, tmp_path / "fcn.safetensors", metadata=converted_metadata(model))
+    again = load_model(name, weights=tmp_path / "fcn.safetensors")
+    x = torch.randn(1, 3, 256, 288, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(again.original(x[..., :224, :224]), model.original(x[..., :224, :224]),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(again.fcn(x), model.fcn(x), rtol=0, atol=0)
+    assert again.num_classes == model.num_classes

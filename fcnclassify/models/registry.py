@@ -24,7 +24,7 @@ from .._constants import LITE_MODEL as _LITE
 from ..io.checkpoint import hub_config, hub_file, is_hub_reference, load_state_dict, load_weights, \
     read_metadata
 from ..io.labels import imagenet_categories, placeholder_labels, read_labels
-from ..network.convert import FullyConvNet, convert
+from ..network.convert import FullyConvNet, PerCellHead, convert
 from .loaded import IMAGENET, LITE, LoadedModel, Normalization
 
 __all__ = ["Normalization", "LoadedModel", "ModelSpec", "Family", "register", "families", "resolve",
@@ -330,9 +330,12 @@ def _load_converted(name: str | None, path: Path, meta: dict, state: dict, *, nu
     name = stored or name or "vgg16"
     spec = model_spec(name)
     head = [k for k in state if k.startswith("head.") and k.endswith(".weight") and state[k].dim() == 4]
-    if not head:
+    if meta.get("kind") == "pooled_head":  # the original head, per cell: its classes in the metadata
+        classes = _meta_int(meta, "num_classes", 0, path)
+    elif head:
+        classes = int(state[head[-1]].shape[0])
+    else:
         raise ValueError(f"{path}: expected a converted network's 'head.*' convolutions but found none")
-    classes = int(state[head[-1]].shape[0])
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"{path}: the converted head has {classes} classes but got "
                          f"--num-classes {num_classes}")
@@ -383,19 +386,26 @@ def restore_original(original: nn.Module, fcn: FullyConvNet) -> nn.Module:
     """Copy a converted network's weights back into the original architecture (in place).
 
     The body keeps the original's parameter names; the head's convolutions are the original's
-    Linear layers in order, reshaped ``(out, C, kh, kw) -> (out, C * kh * kw)``.
+    Linear layers in order, reshaped ``(out, C, kh, kw) -> (out, C * kh * kw)``; a head run per
+    cell (:class:`~fcnclassify.network.convert.PerCellHead`: ConvNeXt, SqueezeNet, MLP heads) holds
+    the original head's modules under their own names.
     """
     own = original.state_dict()
     state = {k[len("body."):]: v for k, v in fcn.state_dict().items() if k.startswith("body.")}
-    linears = [n for n, m in original.named_modules() if isinstance(m, nn.Linear)]
-    convs = [m for m in fcn.head if isinstance(m, nn.Conv2d)]
-    if len(linears) != len(convs):
-        raise ValueError(f"expected one head convolution per Linear ({len(linears)}) "
-                         f"but got {len(convs)}")
-    for name, conv in zip(linears, convs):
-        state[f"{name}.weight"] = conv.weight.detach().reshape(conv.out_channels, -1)
-        if conv.bias is not None:
-            state[f"{name}.bias"] = conv.bias.detach()
+    per_cell = [m for m in fcn.head.modules() if isinstance(m, PerCellHead)]
+    if per_cell:  # the original head's own modules, under their original names
+        for head in per_cell:
+            state.update(head.head.state_dict())
+    else:
+        linears = [n for n, m in original.named_modules() if isinstance(m, nn.Linear)]
+        convs = [m for m in fcn.head if isinstance(m, nn.Conv2d)]
+        if len(linears) != len(convs):
+            raise ValueError(f"expected one head convolution per Linear ({len(linears)}) "
+                             f"but got {len(convs)}")
+        for name, conv in zip(linears, convs):
+            state[f"{name}.weight"] = conv.weight.detach().reshape(conv.out_channels, -1)
+            if conv.bias is not None:
+                state[f"{name}.bias"] = conv.bias.detach()
     missing = [k for k in own if k not in state]
     if missing:
         raise ValueError(f"cannot restore the original weights: {len(missing)} missing, "
