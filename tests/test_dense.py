@@ -105,7 +105,9 @@ def test_bfloat16_channels_last_agree_with_float32():
     (ref,) = dense_evaluate(fcn, x, channels_last=False)[0]
     (nhwc,) = dense_evaluate(fcn, x, channels_last=True)[0]
     (bf16,) = dense_evaluate(fcn, x, dtype="bfloat16")[0]
-    torch.testing.assert_close(nhwc.logits, ref.logits, **TOL)
+    # the layouts take different oneDNN kernels (another order of float32 sums): on an AVX2 CPU
+    # 1 of 300 logits of 18 layers differed by 1.3e-4
+    torch.testing.assert_close(nhwc.logits, ref.logits, rtol=1e-3, atol=1e-3)
     assert bf16.logits.dtype == torch.float32
     assert (bf16.logits.argmax(0) == ref.logits.argmax(0)).float().mean() > 0.9
     assert next(fcn.parameters()).dtype == torch.float32  # the caller's weights were not rounded
