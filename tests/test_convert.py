@@ -52,8 +52,11 @@ def _cells_are_the_head_on_their_windows(model: nn.Module, fcn: FullyConvNet, si
             model.features = body
 
 
-@pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
-                                  "vgg16_bn", "vgg19_bn"])
+SLOW = pytest.mark.slow  # the other depths: the same layers, more of them (6-9 s each)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16_bn", *(pytest.param(n, marks=SLOW) for n in (
+    "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg19_bn"))])
 def test_torchvision_vgg(name):
     model = build(getattr(torchvision.models, name))
     fcn = _compare(model, 224, batch=1)

@@ -277,9 +277,12 @@ def test_evaluate_with_an_unreadable_image_is_one_line_and_exit_2_on_torchrun(im
     assert done.returncode != 0 and wanted[0] in done.stderr, done.stderr[-2000:]
 
 
-def test_ray_slide_tiles_are_the_plain_run(cluster, tmp_path, capsys):
-    """One slide's tiles as Ray jobs (4 tiles each, two actors), the cells written by the driver:
-    the stored map, the ranking and the peaks equal the single-process run's."""
+def test_ray_slide_tiles_are_the_plain_run(cluster, tmp_path, capsys, monkeypatch):
+    """One slide's tiles as Ray jobs (here one tile each, on two actors), the cells written by the
+    driver: the stored map, the ranking and the peaks equal the single-process run's."""
+    from fcnclassify.distributed import slides
+
+    monkeypatch.setattr(slides, "TILES_PER_JOB", 1)
     pytest.importorskip("tifffile")
     import zarr
     from skimage import data
@@ -291,7 +294,7 @@ def test_ray_slide_tiles_are_the_plain_run(cluster, tmp_path, capsys):
     image[520:920, 700:1100] = data.coffee()[:400, :400]
     slide = tmp_path / "scan.tif"
     write_test_slide(slide, image, levels=2, tile=256)
-    options = ["-m", "efficientnet_lite0", "--max-memory", "280MB", "--json", "-q", "--topk", "3"]
+    options = ["-m", "efficientnet_lite0", "--max-memory", "300MB", "--json", "-q", "--topk", "3"]
     documents, maps = [], []
     for name, extra in (("plain", []), ("ray", ["--engine", "ray"])):
         code, out, err = run(capsys, "heatmap", slide, "--out", tmp_path / name, *options, *extra)
@@ -301,7 +304,7 @@ def test_ray_slide_tiles_are_the_plain_run(cluster, tmp_path, capsys):
         maps.append(zarr.open_group(str(tmp_path / name / "scan-tif_slide" / "scores.zarr"),
                                     mode="r")["logits"][...].astype(np.float32))
     plain, on_ray = documents
-    assert on_ray["evaluated"] == plain["evaluated"] >= 4 and on_ray["skipped"] == plain["skipped"]
+    assert on_ray["evaluated"] == plain["evaluated"] >= 2 and on_ray["skipped"] == plain["skipped"]
     np.testing.assert_allclose(maps[1], maps[0], rtol=2e-3, atol=2e-3, equal_nan=True)
     assert [c["index"] for c in on_ray["classes"]] == [c["index"] for c in plain["classes"]]
     assert [c["peak"]["box"] for c in on_ray["classes"]] == [c["peak"]["box"] for c in plain["classes"]]

@@ -24,7 +24,7 @@ TILES_PER_JOB = 4  # tiles sent to a worker at once: enough work per job, fine-g
 
 def tile_runner(load: Callable, path: str, *, scale: float, address: str | None = None,
                 device: str | None = None, dtype: str | None = None,
-                tiles_per_job: int = TILES_PER_JOB) -> Callable:
+                tiles_per_job: int | None = None) -> Callable:
     """A :data:`~fcnclassify.outputs.slide.TileRunner` that evaluates the tiles on Ray.
 
     Args:
@@ -32,14 +32,15 @@ def tile_runner(load: Callable, path: str, *, scale: float, address: str | None 
         path: the slide; every worker must be able to read it.
         scale, device, dtype: as the single-process run.
         address: the Ray cluster (None: a local one, or the one this process joined).
-        tiles_per_job: tiles per Ray job.
+        tiles_per_job: tiles per Ray job (default :data:`TILES_PER_JOB`).
     """
     from .ray import map_ordered
 
     def run(plan, mask, store) -> StreamStats:
         pending = set(store.pending())
         todo = [t for t in plan.tiles if (t.rows.start, t.cols.start) in pending]
-        jobs = [todo[i:i + tiles_per_job] for i in range(0, len(todo), tiles_per_job)]
+        per_job = tiles_per_job or TILES_PER_JOB
+        jobs = [todo[i:i + per_job] for i in range(0, len(todo), per_job)]
         work = SlideTilesWork(load, str(path), scale, tuple(plan.size), tuple(plan.shape),
                               tuple(plan.tile), mask, device, dtype)
         stats = StreamStats(resumed=len(plan.tiles) - len(todo))
