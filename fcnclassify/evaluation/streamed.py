@@ -196,7 +196,9 @@ def streamed_evaluate(
         raise ValueError(f"expected a plan for {size[1]}x{size[0]} pixels but got one for "
                          f"{plan.size[1]}x{plan.size[0]}")
     pending = sink.pending()
-    todo = plan.tiles if pending is None else [t for t in plan.tiles if _first(t) in set(pending)]
+    if pending is not None:
+        pending = set(pending)
+    todo = plan.tiles if pending is None else [t for t in plan.tiles if _first(t) in pending]
     stats = StreamStats(resumed=len(plan.tiles) - len(todo))
     fmt = torch.channels_last if nhwc else torch.contiguous_format
     counts = None if mask is None else _summed_area(mask.mask)

@@ -141,9 +141,9 @@ def slide_heatmaps(model: LoadedModel, path: str | os.PathLike, out: str | os.Pa
         else:
             stats = tiles(plan, mask, store)
         store.finish()
-        document = _rank(store, model, options, slide, fcn.geometry, size)
+        document, maps = _rank(store, model, options, slide, fcn.geometry, size)
         classes = [entry["index"] for entry in document["classes"]]
-        heat, downsample = _heat(store, classes, fcn.geometry, slide, size)
+        heat, downsample = _heat(maps, fcn.geometry, slide, size)
         labels = [model.categories[c] for c in classes]
         write_pyramid(partial / "heatmap.ome.tif", heat.shape[1], heat.shape[2], len(classes),
                       lambda y0, y1, x0, x1: np.moveaxis(_u8(heat[:, y0:y1, x0:x1]), 0, -1),
@@ -183,10 +183,11 @@ def _attrs(model, slide, options: SlideOptions, plan, geometry, mask) -> dict:
     }
 
 
-def _rank(store, model, options: SlideOptions, slide, geometry, size) -> dict:
+def _rank(store, model, options: SlideOptions, slide, geometry, size) -> tuple[dict, np.ndarray]:
     """The image-level probabilities (mean logits over the evaluated cells, softmax) and the
     classes to draw: by default those whose best window is most confident (as for photos), each
-    with that window in level-0 pixels."""
+    with that window in level-0 pixels; and the chosen classes' probability maps (one pass over the
+    store for them all)."""
     mean = torch.from_numpy(store.mean_logits()).float()
     probabilities = mean.softmax(0)
     if options.classes:
@@ -211,16 +212,16 @@ def _rank(store, model, options: SlideOptions, slide, geometry, size) -> dict:
             "score": "image-level probability: the map's logits averaged over the evaluated (tissue) "
                      "windows, softmax; peak: the per-window probability of the best window; classes "
                      "ranked by their best window unless given",
-            "classes": entries}
+            "classes": entries}, maps
 
 
-def _heat(store, classes, geometry, slide, size) -> tuple[np.ndarray, int]:
-    """Per-window probabilities of ``classes`` on a grid of ``downsample`` x ``downsample`` slide
+def _heat(maps: np.ndarray, geometry, slide, size) -> tuple[np.ndarray, int]:
+    """The per-window probability ``maps`` of the classes drawn, resampled on a grid of ``downsample`` x ``downsample`` slide
     pixels (a power of two, about one grid pixel per map cell): grid pixel ``(i, j)`` covers slide
     pixels ``[i * d, (i + 1) * d) x [j * d, (j + 1) * d)``, the last ones reaching past the edge.
     ``(k, h, w)`` in [0, 1], 0 in background; cells interpolated between their windows' centres
     (:meth:`~fcnclassify.evaluation.scoremap.ScoreMap.to_image_grid`)."""
-    maps = np.nan_to_num(store.class_maps(classes, probabilities=True), nan=0.0)
+    maps = np.nan_to_num(maps, nan=0.0)
     height, width = slide.size
     cell = geometry.stride * width / size[1]  # slide pixels between cell centres
     d = 2 ** max(0, int(np.floor(np.log2(cell))))
