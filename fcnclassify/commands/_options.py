@@ -170,7 +170,12 @@ def runtime(args: argparse.Namespace) -> str:
     if onnx is not None and chosen == "torch":
         raise ValueError("--onnx runs the file with onnxruntime: expected --runtime onnxruntime "
                          "(or no --runtime) but got --runtime torch")
-    return "onnxruntime" if onnx is not None else chosen or "torch"
+    chosen = "onnxruntime" if onnx is not None else chosen or "torch"
+    if chosen == "onnxruntime" and getattr(args, "dtype", None) not in (None, "float32"):
+        # said before the dtype is resolved (which warns of an emulated bfloat16 on some CPUs)
+        raise ValueError(f"the onnxruntime runtime computes the exported float32 graph: expected "
+                         f"dtype float32 but got {args.dtype}")
+    return chosen
 
 
 def _device(args: argparse.Namespace) -> str:

@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..network.device import resolve_device, resolve_dtype
     from ._loop import ImageLoop
-    from ._options import load_from_args
+    from ._options import load_from_args, runtime
 
-    resolve_dtype(args.dtype, resolve_device(args.device))  # a bad option fails before any work
+    runtime(args)  # a contradiction in the options fails before any work, in one line
+    resolve_dtype(args.dtype, resolve_device(args.device))
     loop = ImageLoop("classify", args.images)
     if not loop.paths:
         return 2
