@@ -15,7 +15,7 @@ import pytest
 import torch
 from skimage import data
 
-from fcnclassify import cli
+from fcnclassify import cli, predict
 from fcnclassify.commands import heatmap
 from fcnclassify.io.images import write_image
 from fcnclassify.outputs.files import MANIFEST, slug
@@ -92,13 +92,16 @@ def test_json_scores_match_the_original_model_and_peaks_lie_in_the_image(cached,
     assert [c["label"] for c in image["classes"]] == [lite_activation.categories[i] for i in ids]
     torch.testing.assert_close(torch.tensor([c["score"] for c in image["classes"]]), reference[ids],
                                rtol=1e-3, atol=1e-5)
-    # classes ranked by their best cell: the map's per-cell softmax, maximum over cells, by hand
-    with torch.no_grad():
-        cam = lite_activation.fcn(lite_activation.normalization(data.chelsea())[None])[0]
-    assert ids == cam.softmax(0).flatten(1).amax(1).topk(2).indices.tolist()
+    # classes ranked by their heatmaps: each one's 99th percentile at full resolution, by NumPy
+    prediction = predict(lite_activation, data.chelsea(), scales=(1.0,), flip=False)
+    held = {c: np.percentile(prediction.heatmap(c), 99) for c, _, _ in prediction.topk(10, by="window")}
+    assert ids == sorted(held, key=held.get, reverse=True)[:2]
+    np.testing.assert_allclose([c["heatmap_score"] for c in image["classes"]], [held[i] for i in ids],
+                               rtol=0, atol=0.01)
     assert image["classes"][0]["id"] in range(281, 286)  # a domestic cat
+    assert "99th percentile" in document["heatmap_score"]
     for entry in image["classes"]:
-        assert set(entry) >= {"id", "label", "score", "peak"}
+        assert set(entry) >= {"id", "label", "score", "heatmap_score", "peak"}
         peak = entry["peak"]
         x0, y0, x1, y1 = peak["box"]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height

@@ -172,6 +172,39 @@ def test_heatmap_is_the_per_pixel_maximum_over_maps_and_peak_its_best_window(lit
     assert by_window[0][2] == pytest.approx(float(prediction.window_scores().max()))
 
 
+def test_heatmap_ranking_is_each_heatmaps_99th_percentile(lite):
+    prediction = predict(lite, skimage.data.coffee(), sizes="pyramid", flip=False)
+    top = [c for c, _, _ in prediction.topk(5, by="window")]
+    # reference: the full-resolution heatmap's 99th percentile, by NumPy
+    want = [np.percentile(prediction.heatmap(c), 99) for c in top]
+    np.testing.assert_allclose(prediction.heatmap_scores(top).numpy(), want, rtol=0, atol=0.01)
+    # the pruned top-k is the top-k of all classes' scores
+    every = prediction.heatmap_scores(range(len(prediction.categories)))
+    ranked = prediction.topk(5, by="heatmap")
+    assert [c for c, _, _ in ranked] == every.topk(5).indices.tolist()
+    np.testing.assert_allclose([v for _, _, v in ranked], every.topk(5).values.numpy(), atol=1e-6)
+    assert (every <= prediction.window_scores() + 1e-6).all()  # never above the best window
+    with pytest.raises(ValueError, match="by 'image', 'heatmap' or 'window'"):
+        prediction.topk(3, by="area")
+
+
+def enlarged(image: np.ndarray, width: int) -> np.ndarray:
+    height = round(image.shape[0] * width / image.shape[1])
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.mark.parametrize("name,labels", [
+    ("chelsea", CATS),  # one window of fur read as a tick, of an eye as a ballpoint, outranked the cat
+    ("rocket", {"missile", "projectile", "drilling platform", "space shuttle"}),
+])
+def test_heatmap_defaults_rank_the_object_of_a_4000_pixel_photo_first(lite, name, labels):
+    """A photo that one object fills, at a phone's size: the heatmap command's defaults (the
+    pyramid, not mirrored; classes by their heatmaps) put the object's classes first."""
+    prediction = predict(lite, enlarged(getattr(skimage.data, name)(), 4000), sizes="pyramid", flip=False)
+    ranked = [label for _, label, _ in prediction.topk(3, by="heatmap")]
+    assert ranked[0] in labels and len(labels & set(ranked)) >= 2, ranked
+
+
 def test_bad_input(tiny, tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         predict(tiny, np.zeros((300, 300, 3), np.float32))

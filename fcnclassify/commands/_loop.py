@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 
 PEAK_SCORE = "probability of the class in its best window, over all maps"
+HEATMAP_SCORE = ("per-window probability that the class's heatmap holds over 1% of the image (its "
+                 "99th percentile); heatmap draws the classes in this order")
 
 
 def score_meaning(pool: str, over: str) -> str:
@@ -105,8 +107,10 @@ class ImageLoop:
         else:
             print(text)
 
-    def finish(self, model, args: argparse.Namespace, documents: list[dict]) -> int:
-        """Print the JSON document if asked (only images that worked); the exit code."""
+    def finish(self, model, args: argparse.Namespace, documents: list[dict],
+               meanings: dict[str, str] | None = None) -> int:
+        """Print the JSON document if asked (only images that worked); the exit code. ``meanings``:
+        more fields' explanations (the heatmap's score)."""
         if args.json and documents:
             options = evaluation_kwargs(args)
             print(json.dumps({
@@ -115,6 +119,6 @@ class ImageLoop:
                 "scales": _jsonable(options["scales"]), "flip": args.flip, "pool": args.pool,
                 "over": args.over, "cells": model.fcn.cells,
                 "score": score_meaning(args.pool, args.over), "peak_score": PEAK_SCORE,
-                "images": documents,
+                **(meanings or {}), "images": documents,
             }, indent=2))
         return 2 if self.failures else 0

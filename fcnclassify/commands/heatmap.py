@@ -1,7 +1,8 @@
 """``fcnclassify heatmap IMAGE...``: class heatmaps blended over each photo, a grid, JSON, raw maps.
 
 The image is evaluated over a pyramid of sizes by default (:func:`fcnclassify.evaluation.scales.pyramid_sizes`).
-For each image, and each class asked for (default: the top-k classes by their best window), it
+For each image, and each class asked for (default: the top-k classes by what their heatmaps hold
+over 1% of the image, :meth:`fcnclassify.evaluation.predict.Prediction.heatmap_scores`), it
 writes the class's per-window probability at the photo's resolution, colour-mapped and blended
 over it with a legend; a grid of the photo and those overlays; and with ``--save-npz`` the raw
 score maps. An input ``chelsea.jpg`` writes ``<out>/chelsea-jpg_<rank>_<class-slug>.jpg``,
@@ -23,7 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import add_engine_options, add_evaluation_options, add_model_options, load_from_args
+from ._options import (add_engine_options, add_evaluation_options, add_model_options, load_from_args,
+                       runtime)
 
 HELP = "write class heatmaps of images: an overlay per class, a grid, optional JSON and raw maps"
 
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..network.device import resolve_device, resolve_dtype
     from ..outputs.files import OutputFolder
     from ..outputs.heatmaps import write_heatmaps
-    from ._loop import ImageLoop
+    from ._loop import HEATMAP_SCORE, ImageLoop
 
     check_output_options(args)
     loop = ImageLoop("heatmap", args.images)
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if finished:
         _note(f"{len(finished)} image(s) already done in {folder.path} (--resume): skipped")
     loop.paths = [path for path in loop.paths if not jobs[path].finished]
+    runtime(args)  # a contradiction in the options fails once, in one line
     resolve_dtype(args.dtype, resolve_device(args.device))  # a bad device fails once, not per image
     if not loop.paths and not args.json:
         return loop.finish(None, args, [])
@@ -144,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             loop.write(_slide_summary(documents[path]))
     for path, _, prediction in loop.predictions(model, args):
-        # by default the classes whose best window is most confident: what the heatmaps can show
-        chosen = classes or [index for index, _, _ in prediction.topk(args.topk, by="window")]
+        # by default the classes whose heatmaps show the most: an object, not one window's texture
+        chosen = classes or [index for index, _, _ in prediction.topk(args.topk, by="heatmap")]
         documents[path] = write_heatmaps(
             folder, jobs[path], prediction, chosen, alpha=args.alpha, colormap=args.colormap,
             format=args.format, quality=args.quality, grid_width=args.grid_width,
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             loop.write(_summary(documents[path]))
     # the same document as `fcnclassify classify --json`, with peaks; input order
-    return loop.finish(model, args, [documents[p] for p in jobs if p in documents])
+    return loop.finish(model, args, [documents[p] for p in jobs if p in documents],
+                       {"heatmap_score": HEATMAP_SCORE})
 
 
 def _is_slide(path) -> bool:
@@ -245,8 +249,9 @@ def _summary(document: dict) -> str:
              f"{len(document['maps'])} maps, Q={','.join(map(str, sizes))}"]
     for rank, entry in enumerate(document["classes"], 1):
         peak = entry["peak"]
-        lines.append(f"  {rank}. {entry['label']:<24} window {peak['score']:.3f} (Q={peak['size']}) "
-                     f"at ({peak['x']:.0f}, {peak['y']:.0f})  image {entry['score']:.4f}  "
+        lines.append(f"  {rank}. {entry['label']:<24} heatmap {entry['heatmap_score']:.3f}  window "
+                     f"{peak['score']:.3f} (Q={peak['size']}) at ({peak['x']:.0f}, {peak['y']:.0f})  "
+                     f"image {entry['score']:.4f}  "
                      f"-> {entry.get('overlay', '')}")
     lines.append(f"  grid -> {document['grid']}")
     if document.get("viewer"):

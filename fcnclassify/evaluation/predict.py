@@ -19,7 +19,10 @@ from ..models.registry import LoadedModel
 from .scales import pyramid_sizes, scale_factors, vgg_sizes
 from .scoremap import ScoreMap
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["Prediction", "predict", "HEATMAP_FRACTION"]
+
+HEATMAP_FRACTION = 0.01  # a class's heatmap score is what its heatmap holds over 1% of the image
+HEATMAP_GRID = 128  # heatmap samples along the shorter side when ranking classes
 
 
 @dataclass
@@ -53,19 +56,63 @@ class Prediction:
 
         Args:
             by: ``"image"``: ranked by the image-level probability (:attr:`probabilities`);
-                ``"window"``: by the probability of each class's best window, at any scale
-                (:meth:`window_scores`): the classes a heatmap has something to show for.
+                ``"heatmap"``: by what each class's heatmap shows over a part of the image
+                (:meth:`heatmap_scores`: the classes the heatmaps have an object to show for; the
+                ``heatmap`` command's default); ``"window"``: by each class's best single window
+                at any scale (:meth:`window_scores`).
         """
-        if by not in ("image", "window"):
-            raise ValueError(f"expected by 'image' or 'window' but got {by!r}")
-        scores = self.probabilities if by == "image" else self.window_scores()
+        if by not in ("image", "heatmap", "window"):
+            raise ValueError(f"expected by 'image', 'heatmap' or 'window' but got {by!r}")
         k = min(k, len(self.categories))
-        values, ids = scores.topk(k)
-        return [(int(i), self.categories[int(i)], float(v)) for v, i in zip(values, ids)]
+        if by == "heatmap":
+            ranked = self._heatmap_topk(k)
+        else:
+            scores = self.probabilities if by == "image" else self.window_scores()
+            values, ids = scores.topk(k)
+            ranked = [(int(i), float(v)) for v, i in zip(values, ids)]
+        return [(i, self.categories[i], v) for i, v in ranked]
 
     def window_scores(self) -> torch.Tensor:
         """``(classes,)``: each class's highest per-window probability over all maps."""
         return torch.stack([m.probabilities().flatten(1).amax(1) for m in self.maps]).amax(0)
+
+    def heatmap_scores(self, classes: Sequence[int], *,
+                       fraction: float = HEATMAP_FRACTION) -> torch.Tensor:
+        """``(len(classes),)``: for each class, the value its heatmap (:meth:`heatmap`) reaches
+        over ``fraction`` of the image (its ``1 - fraction`` quantile).
+
+        A class that an object shows in many neighbouring windows scores about the windows'
+        probability; one window that mistakes a patch of texture (fur for a tick, a glint for a
+        ballpoint) covers less than 1% of a photo and does not lift it. The heatmap is sampled
+        on a grid of :data:`HEATMAP_GRID` points along the shorter side (the image's pixels if it
+        is smaller): it interpolates between windows' centres, so a finer grid adds nothing.
+        """
+        classes = [int(c) for c in classes]
+        for cls in classes:
+            self._check_class(cls)
+        if not 0 < fraction <= 1:
+            raise ValueError(f"expected a fraction in (0, 1] but got {fraction}")
+        height, width = self.image_size
+        step = max(1.0, min(height, width) / HEATMAP_GRID, max(height, width) / (4 * HEATMAP_GRID))
+        size = (max(1, round(height / step)), max(1, round(width / step)))
+        out = [fuse_heatmaps(self.maps, classes[i:i + 64], size=size).flatten(1)
+               .quantile(1 - fraction, dim=1) for i in range(0, len(classes), 64)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def _heatmap_topk(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` best classes by :meth:`heatmap_scores`, exactly, without all classes' heatmaps:
+        a heatmap never exceeds the class's best window, so classes are taken in the order of
+        their best windows until the next best window cannot beat the k-th heatmap score."""
+        window = self.window_scores()
+        order = window.argsort(descending=True).tolist()
+        found: list[tuple[int, float]] = []
+        for start in range(0, len(order), 32):
+            if len(found) >= k and float(window[order[start]]) < found[k - 1][1]:
+                break
+            chunk = order[start:start + 32]
+            found += zip(chunk, self.heatmap_scores(chunk).tolist())
+            found.sort(key=lambda pair: -pair[1])
+        return found[:k]
 
     def heatmap(self, cls: int) -> np.ndarray:
         """``(H, W)`` float32 heatmap of class ``cls`` on the image's pixel grid.

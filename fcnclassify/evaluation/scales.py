@@ -28,7 +28,7 @@ __all__ = ["VGG_SIZES", "PYRAMID_MAX_WINDOWS", "PYRAMID_STEP", "vgg_sizes", "pyr
            "scale_factors"]
 
 VGG_SIZES = (256, 384, 512)  # Q for a 224 network (VGG paper, Table 5)
-PYRAMID_MAX_WINDOWS = 8  # the finest pyramid level holds this many windows on the shorter side
+PYRAMID_MAX_WINDOWS = 4  # the finest pyramid level holds this many windows on the shorter side
 PYRAMID_STEP = math.sqrt(2)  # at most this ratio between neighbouring pyramid levels
 
 

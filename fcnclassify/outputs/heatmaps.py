@@ -30,16 +30,18 @@ def pictures(prediction: Prediction, classes: Sequence[int], *, alpha: float = 0
     """``(overlays, grid)``: each class's heatmap over the photo with a legend, at the photo's
     resolution, and the photo beside them (at most ``grid_width`` pixels wide)."""
     overlays, titles = [], []
-    for rank, cls in enumerate(classes, 1):
+    heat = prediction.heatmap_scores(classes).tolist()
+    for rank, (cls, held) in enumerate(zip(classes, heat), 1):
         label = prediction.categories[cls]
         peak = prediction.peak(cls)
         legend = [f"{rank}. {label}",
+                  f"heatmap p={held:.2f} over 1% of the image",
                   f"best window p={peak['score']:.2f} (Q={peak['size']}) at "
                   f"({peak['x']:.0f}, {peak['y']:.0f})",
                   f"image-level p={float(prediction.probabilities[cls]):.3f}"]
         overlays.append(overlay(prediction.image, prediction.heatmap(cls), alpha=alpha,
                                 colormap=colormap, legend=legend))
-        titles.append(f"{rank}. {label}: window p={peak['score']:.2f}")
+        titles.append(f"{rank}. {label}: heatmap p={held:.2f}")
     panels = [prediction.image, *overlays]
     name = Path(prediction.path).name if prediction.path else "image"
     picture = grid(panels, [name, *titles], columns=3 if len(panels) > 4 else None,
@@ -120,15 +122,18 @@ def save_maps(path: str | Path, prediction: Prediction) -> None:
 
 
 def describe(prediction: Prediction, classes: Sequence[int], files: dict | None = None) -> dict:
-    """The JSON document of one image: size, maps and, per class, score, peak and overlay."""
+    """The JSON document of one image: size, maps and, per class, the image-level score, the
+    heatmap's score (:meth:`Prediction.heatmap_scores`), the peak and the overlay."""
     height, width = prediction.image.shape[:2]
     document = {"image": prediction.path, "width": width, "height": height,
                 "maps": prediction.describe_maps(), "classes": []}
     overlays = (files or {}).get("overlays") or [None] * len(classes)
-    for cls, overlay_path in zip(classes, overlays):
+    heat = prediction.heatmap_scores(classes).tolist()
+    for cls, held, overlay_path in zip(classes, heat, overlays):
         peak = prediction.peak(cls)
         entry = {"id": int(cls), "label": prediction.categories[cls],
                  "score": round(float(prediction.probabilities[cls]), 6),
+                 "heatmap_score": round(held, 6),
                  "peak": {"x": round(float(peak["x"]), 2), "y": round(float(peak["y"]), 2),
                           "box": [round(float(v), 2) for v in peak["box"]],
                           "score": round(float(peak["score"]), 6), "size": peak["size"],
