@@ -6,7 +6,7 @@
    scikit-image photos, CC0), each 1100 pixels wide at known places.
 2. Runs efficientnet_lite0 (real ImageNet weights, offline) on it the old way (scale 1, class
    activation cells, classes by image-level score) and the new defaults (``heatmap``: the pyramid,
-   window cells, classes by their best window; ``classify``: the VGG dense protocol), writes both
+   window cells, classes by their heatmap scores; ``classify``: the VGG dense protocol), writes both
    heatmap grids and times them (the issue's target: the pyramid within 2x of the scale-1 run).
    Then a photo that one object fills (chelsea enlarged to 4000x2661): the classes drawn by an
    earlier rule (best single window, pyramid to 8 windows) and today's (heatmap scores, 4 windows).

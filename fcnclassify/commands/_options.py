@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .._constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, LITE_MODEL
+from ..evaluation.scales import PYRAMID_MAX_WINDOWS
 
 if TYPE_CHECKING:
     from ..models.registry import LoadedModel
@@ -65,8 +66,8 @@ def add_evaluation_options(parser: argparse.ArgumentParser, *, topk: int = 5,
     scale = group.add_mutually_exclusive_group()
     default = ("the VGG dense protocol: 256,384,512 for a 224 network, in proportion for others"
                if sizes == "vgg" else
-               "pyramid: from one window on the shorter side up to the shorter side, at most 8 "
-               "windows, steps of at most sqrt(2)")
+               f"pyramid: from one window on the shorter side up to the shorter side, at most "
+               f"{PYRAMID_MAX_WINDOWS} windows, steps of at most sqrt(2)")
     scale.add_argument("--sizes", type=parse_sizes, default=sizes, metavar="Q[,Q...]|pyramid",
                        help=f"shorter sides in pixels the image is resized to (the VGG paper's Q), "
                             f"each at least the network's window, or 'pyramid' (default: {default})")
