@@ -15,7 +15,6 @@ to choose); ``benchmarks/results/`` holds the committed ones.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -29,7 +28,7 @@ import numpy as np
 from fcnclassify.outputs.dzi import READ_PIXELS, dzi_levels, write_dzi
 
 from .options import add_output_arguments
-from .report import default_folder, refuse_overwrite
+from .report import result_path, write_result
 
 
 def _peak_rss() -> int:
@@ -48,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=90)
     add_output_arguments(p)
     args = p.parse_args(argv)
+    target = result_path(args.out, f"dzi_{args.size}_{args.format}.json", force=args.force)
+    if target is None:
+        return 2
 
     from skimage import data
 
@@ -97,13 +99,7 @@ def main(argv=None) -> int:
         result["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
-    print(json.dumps(result, indent=1))
-    folder = args.out or default_folder()
-    target = folder / f"dzi_{args.size}_{args.format}.json"
-    refuse_overwrite([target], force=args.force)
-    folder.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {target}")
+    write_result(result, target)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -131,6 +132,26 @@ def refuse_overwrite(files: list[Path], *, force: bool) -> None:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise FileExistsError(f"{existing[0]} exists{more}; pass --force to replace, or --out "
                               "another folder")
+
+
+def result_path(folder: Path | None, name: str, *, force: bool) -> Path | None:
+    """``<folder>/<name>`` (default folder: :func:`default_folder`) for a result to be written, or
+    None after one line on stderr if it exists and not ``force``: asked before the run, not after."""
+    target = (folder or default_folder()) / name
+    try:
+        refuse_overwrite([target], force=force)
+    except FileExistsError as e:
+        print(e, file=sys.stderr)
+        return None
+    return target
+
+
+def write_result(result: dict, target: Path) -> None:
+    """Prints ``result`` and writes it as JSON to ``target`` (from :func:`result_path`)."""
+    print(json.dumps(result, indent=1))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {target}")
 
 
 def result_files(out: Path, *, device: str, quick: bool, plots: bool = True) -> list[Path]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import add_output_arguments
-from .report import default_folder, refuse_overwrite
+from .report import result_path, write_result
 
 
 def tissue_boxes(size: int, fraction: float, seed: int = 0) -> list[tuple[int, int, int, int]]:
@@ -122,6 +122,10 @@ def main(argv=None) -> int:
                         "folder, removed)")
     add_output_arguments(p)
     args = p.parse_args(argv)
+    budget = f"_{args.max_memory}" if args.max_memory else ""
+    target = result_path(args.out, f"slides_{args.size}_{args.model}{budget}.json", force=args.force)
+    if target is None:
+        return 2
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fcnclassify-slide-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -173,14 +177,7 @@ def main(argv=None) -> int:
         "cells": document["cells"], "classes": [(c["label"], round(c["score"], 4)) for c in document["classes"]],
         "outputs_mb": {k: round(v / 1e6, 1) for k, v in sorted(disk.items())},
     }
-    print(json.dumps(result, indent=1))
-    target_folder = args.out or default_folder()
-    budget = f"_{args.max_memory}" if args.max_memory else ""
-    target = target_folder / f"slides_{args.size}_{args.model}{budget}.json"
-    refuse_overwrite([target], force=args.force)
-    target_folder.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {target}")
+    write_result(result, target)
     return 0
 
 
