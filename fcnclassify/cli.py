@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 from . import __version__, commands
+from .io.stderr import say
 
 USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError,
                KeyError)
@@ -72,10 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args._run(args) or 0)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"fcnclassify {args.command}: error: {message}", file=sys.stderr)
+        say(f"fcnclassify {args.command}: error: {message}")
         return 2
     except KeyboardInterrupt:
-        print("fcnclassify: interrupted", file=sys.stderr)
+        say("fcnclassify: interrupted")
         return 130
 
 
@@ -92,7 +93,7 @@ def _one_line_warnings(command: str) -> Iterator[None]:
                 if category in said:
                     return
                 said.add(category)
-            print(f"fcnclassify {command}: warning: {message}", file=sys.stderr)
+            say(f"fcnclassify {command}: warning: {message}")
         else:
             show(message, category, filename, lineno, file, line)
 

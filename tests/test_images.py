@@ -341,6 +341,31 @@ def test_other_output_on_stderr_while_decoding_is_passed_on(monkeypatch, capfd):
     assert capfd.readouterr().err == "\r 50%|#####"
 
 
+def test_a_line_said_while_another_thread_decodes_is_not_taken_for_the_decoders(capfd):
+    """An error line about one image, written while another image is being decoded, reaches
+    stderr and is not blamed on the other image (it was, in about half of the runs of a mixed
+    folder, before lines waited for the decode)."""
+    import threading
+
+    from fcnclassify.io.stderr import say
+
+    inside, said = threading.Event(), []
+
+    def decode():
+        with images._decoder_messages() as messages:
+            inside.set()
+            threading.Event().wait(0.3)  # a slow decode, during which the other thread writes
+        said.extend(messages)
+
+    worker = threading.Thread(target=decode)
+    worker.start()
+    inside.wait()
+    say("fcnclassify classify: error: broken.jpg: not an image file (cannot decode)")
+    worker.join()
+    assert said == []
+    assert capfd.readouterr().err == "fcnclassify classify: error: broken.jpg: not an image file (cannot decode)\n"
+
+
 def test_classify_says_one_warning_line_per_damaged_image(tmp_path, capfd):
     from fcnclassify.cli import main
 

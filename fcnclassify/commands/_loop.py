@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..io.images import ImageError, list_images
+from ..io.stderr import say
 from ._options import engine, evaluation_kwargs, load_from_args, show_progress
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class ImageLoop:
         self._progress = None
 
     def report(self, message) -> None:
-        print(f"fcnclassify {self.command}: error: {message}", file=sys.stderr)
+        say(f"fcnclassify {self.command}: error: {message}")
         self.failures += 1
 
     def predictions(self, model, args: argparse.Namespace) -> Iterator[tuple[Path, np.ndarray, object]]:
@@ -63,9 +64,10 @@ class ImageLoop:
         from tqdm.auto import tqdm
 
         from ..evaluation.pipeline import iter_images
-        from ..evaluation.predict import predict
+        from ..evaluation.predict import check_sizes, predict
 
         options = evaluation_kwargs(args)
+        check_sizes(model, options["sizes"])  # bad for every image: said once, before any
         if engine(args) != "local":
             yield from self._distributed(model, args, options)
             return

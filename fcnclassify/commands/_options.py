@@ -192,6 +192,7 @@ def _onnx_model(args: argparse.Namespace) -> LoadedModel:
 
     from ..models.registry import LoadedModel, Normalization
     from ..network.export import export_onnx
+    from ..io.stderr import say
     from ..network.onnx_runtime import OnnxNet
 
     device = _device(args)
@@ -200,9 +201,8 @@ def _onnx_model(args: argparse.Namespace) -> LoadedModel:
         with tempfile.TemporaryDirectory(prefix="fcnclassify-onnx-") as folder:
             export_onnx(model, Path(folder) / "model.onnx")
             net = OnnxNet(Path(folder) / "model.onnx", device=device)  # the session holds it all
-        print(f"fcnclassify {args.command}: note: {model.name} exported to ONNX for this run; "
-              f"'fcnclassify export -m {model.name} --onnx FILE' once, then --onnx FILE, skips "
-              f"that", file=sys.stderr)
+        say(f"fcnclassify {args.command}: note: {model.name} exported to ONNX for this run; "
+            f"'fcnclassify export -m {model.name} --onnx FILE' once, then --onnx FILE, skips that")
         weights = model.weights
     else:
         given = [f"--{o.replace('_', '-')}" for o, empty in

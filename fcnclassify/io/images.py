@@ -11,7 +11,6 @@ import contextlib
 import os
 import struct
 import tempfile
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ import cv2  # the package's __init__ has lifted OpenCV's own pixel limit: `max_p
 import numpy as np
 
 from .._constants import DEFAULT_MAX_PIXELS
+from .stderr import LOCK as STDERR
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "ImageWarning", "list_images",
            "read_image", "resize", "scaled_size", "write_image"]
@@ -228,7 +228,6 @@ def _quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(previous)
 
 
-_STDERR = threading.Lock()  # fd 2 is the process's: one redirection at a time
 
 
 @contextlib.contextmanager
@@ -243,7 +242,7 @@ def _decoder_messages(capture: bool = True) -> Iterator[list[str]]:
     if not capture:
         yield messages
         return
-    with _STDERR, tempfile.TemporaryFile() as sink:
+    with STDERR, tempfile.TemporaryFile() as sink:
         try:
             saved = os.dup(2)
         except OSError:  # no stderr to redirect
