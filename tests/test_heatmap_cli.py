@@ -361,7 +361,7 @@ def test_duplicate_classes_are_drawn_once_in_first_order(cached, chelsea, out, c
     code, stdout, err = run(capsys, chelsea, "--classes", "tabby", "285", "281", "TABBY", "--sizes", "224",
                             "--json", "--out", out)
     assert code == 0
-    assert err == ["fcnclassify heatmap: note: --classes names tabby more than once: one overlay each"]
+    assert err == ["fcnclassify heatmap: note: --classes names tabby more than once: drawn once"]
     assert [c["id"] for c in json.loads(stdout)["images"][0]["classes"]] == [281, 285]
     assert sorted(listing(out)) == ["chelsea-png_1_tabby.jpg", "chelsea-png_2_egyptian-cat.jpg",
                                     "chelsea-png_grid.jpg", "keep.txt"]

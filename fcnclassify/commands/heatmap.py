@@ -22,7 +22,6 @@ per class, once all images are done.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ._options import (add_engine_options, add_evaluation_options, add_model_options, load_from_args,
                        runtime)
@@ -235,12 +234,14 @@ def _unique_classes(model, names: list[str]) -> list[int]:
     unique = list(dict.fromkeys(indices))
     if len(unique) < len(indices):
         repeated = [model.categories[i] for i in unique if indices.count(i) > 1]
-        _note(f"--classes names {', '.join(repeated)} more than once: one overlay each")
+        _note(f"--classes names {', '.join(repeated)} more than once: drawn once")
     return unique
 
 
 def _note(text: str) -> None:
-    print(f"fcnclassify heatmap: note: {text}", file=sys.stderr)
+    from ..io.stderr import say
+
+    say(f"fcnclassify heatmap: note: {text}")
 
 
 def _summary(document: dict) -> str:

@@ -82,8 +82,8 @@ class Prediction:
         over ``fraction`` of the image (its ``1 - fraction`` quantile).
 
         A class that an object shows in many neighbouring windows scores about the windows'
-        probability; one window that mistakes a patch of texture (fur for a tick, a glint for a
-        ballpoint) covers less than 1% of a photo and does not lift it. The heatmap is sampled
+        probability; one window that mistakes a patch of texture (fur for a tick, an eye for a
+        gecko) covers less than 1% of a photo and does not lift it. The heatmap is sampled
         on a grid of :data:`HEATMAP_GRID` points along the shorter side (the image's pixels if it
         is smaller): it interpolates between windows' centres, so a finer grid adds nothing.
         """
@@ -237,10 +237,7 @@ def _plan(model: LoadedModel, size: tuple[int, int], *, sizes, scales
         sizes = vgg_sizes(window)
     factors = scale_factors(size, scales=scales, sizes=sizes)  # checks the values
     if sizes is not None:
-        small = [q for q in sizes if q < window]
-        if small:
-            raise ValueError(f"expected sizes of at least the network's window ({window} pixels) "
-                             f"but got {small[0]}")
+        check_sizes(model, sizes)
         return tuple(sizes), None
     shorter = min(size)
     for s in factors:
@@ -250,6 +247,17 @@ def _plan(model: LoadedModel, size: tuple[int, int], *, sizes, scales
                              f"than one window ({window}): expected a scale of at least "
                              f"{window / shorter:.3g}, or sizes in pixels")
     return None, factors
+
+
+def check_sizes(model: LoadedModel, sizes: Sequence[int] | str | None) -> None:
+    """Refuses sizes Q below the network's window (a ValueError naming the first), whatever the
+    image: the command line asks once, before the first image, not once per image."""
+    if sizes is None or isinstance(sizes, str):
+        return
+    small = [q for q in sizes if q < model.input_size]
+    if small:
+        raise ValueError(f"expected sizes of at least the network's window ({model.input_size} "
+                         f"pixels) but got {small[0]}")
 
 
 def _check_array(image: np.ndarray, max_pixels: int | None) -> np.ndarray:
