@@ -63,6 +63,19 @@ def test_command_line_refuses_inputs_below_one_window_in_one_line(tmp_path, caps
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+def test_sizes_below_the_window_are_refused_once_for_all_images(tmp_path, capsys):
+    paths = [tmp_path / f"photo{k}.png" for k in range(3)]
+    for k, path in enumerate(paths):
+        write_image(path, np.random.default_rng(k).integers(0, 256, (300, 451, 3), dtype=np.uint8))
+    for command in (["classify"], ["heatmap", "--out", str(tmp_path / "out")]):
+        code = cli.main([*command, *map(str, paths), "-m", "efficientnet_lite0", "--quiet", "--sizes", "100"])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "", captured
+        assert captured.err == (f"fcnclassify {command[0]}: error: expected sizes of at least the "
+                                f"network's window (224 pixels) but got 100\n")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_command_line_parses_sizes(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["classify", "x.jpg", "--sizes", "big"])
