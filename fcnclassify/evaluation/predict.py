@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ class Prediction:
     maps: list[ScoreMap]
     probabilities: torch.Tensor
     categories: list[str]
+    _heat: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -92,12 +93,16 @@ class Prediction:
             self._check_class(cls)
         if not 0 < fraction <= 1:
             raise ValueError(f"expected a fraction in (0, 1] but got {fraction}")
+        known = self._heat if fraction == HEATMAP_FRACTION else {}  # ranking, legend and JSON ask alike
+        todo = [c for c in dict.fromkeys(classes) if c not in known]
         height, width = self.image_size
         step = max(1.0, min(height, width) / HEATMAP_GRID, max(height, width) / (4 * HEATMAP_GRID))
         size = (max(1, round(height / step)), max(1, round(width / step)))
-        out = [fuse_heatmaps(self.maps, classes[i:i + 64], size=size).flatten(1)
-               .quantile(1 - fraction, dim=1) for i in range(0, len(classes), 64)]
-        return torch.cat(out) if out else torch.zeros(0)
+        for i in range(0, len(todo), 64):
+            chunk = todo[i:i + 64]
+            held = fuse_heatmaps(self.maps, chunk, size=size).flatten(1).quantile(1 - fraction, dim=1)
+            known.update(zip(chunk, held.tolist()))
+        return torch.tensor([known[c] for c in classes], dtype=torch.float32)
 
     def _heatmap_topk(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` best classes by :meth:`heatmap_scores`, exactly, without all classes' heatmaps:

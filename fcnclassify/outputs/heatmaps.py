@@ -29,13 +29,15 @@ def pictures(prediction: Prediction, classes: Sequence[int], *, alpha: float = 0
              ) -> tuple[list[np.ndarray], np.ndarray]:
     """``(overlays, grid)``: each class's heatmap over the photo with a legend, at the photo's
     resolution, and the photo beside them (at most ``grid_width`` pixels wide)."""
+    from ..evaluation.predict import HEATMAP_FRACTION
+
     overlays, titles = [], []
     heat = prediction.heatmap_scores(classes).tolist()
     for rank, (cls, held) in enumerate(zip(classes, heat), 1):
         label = prediction.categories[cls]
         peak = prediction.peak(cls)
         legend = [f"{rank}. {label}",
-                  f"heatmap p={held:.2f} over 1% of the image",
+                  f"heatmap p={held:.2f} over {HEATMAP_FRACTION:.0%} of the image",
                   f"best window p={peak['score']:.2f} (Q={peak['size']}) at "
                   f"({peak['x']:.0f}, {peak['y']:.0f})",
                   f"image-level p={float(prediction.probabilities[cls]):.3f}"]
